@@ -1,0 +1,1 @@
+"""The `neuroscribe` command: thin wrappers, all logic lives in the library."""

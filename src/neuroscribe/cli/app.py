@@ -1,0 +1,51 @@
+"""The typer application. Command modules register themselves on `app` when imported."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from neuroscribe.errors import NeuroscribeError
+
+app = typer.Typer(
+    name="neuroscribe",
+    help=(
+        "Automated interpretability: record what units of a model respond to, have a "
+        "language model explain them, simulate the explanations and score them."
+    ),
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to `app`.
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"neuroscribe.cli.{name}")
+
+
+# Each module adds its commands; keep one entry per line.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _register_commands()
+    try:
+        app()
+    except NeuroscribeError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

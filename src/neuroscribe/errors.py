@@ -1,0 +1,36 @@
+"""The exception hierarchy: every error says what went wrong and where."""
+
+from __future__ import annotations
+
+
+class NeuroscribeError(Exception):
+    """Base class; the CLI prints these as one clear line and exits non-zero."""
+
+
+class DataError(NeuroscribeError):
+    """Bad input data: malformed JSONL, invalid records, mismatched lengths, non-finite values."""
+
+
+class ConfigError(NeuroscribeError):
+    """Bad options, a mismatched configuration on resume, an unknown model spec."""
+
+
+class LLMError(NeuroscribeError):
+    """A call to a language model failed for good (after retries, or not retryable)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class OutputError(NeuroscribeError):
+    """A model answered, but its answer cannot be used (unparseable, wrong length)."""
+
+    def __init__(self, message: str, *, raw: str | None = None):
+        super().__init__(message)
+        self.raw = raw
+
+
+class BudgetExceeded(NeuroscribeError):
+    """The job reached its --max-cost budget and stopped cleanly (resumable)."""

@@ -1,0 +1,121 @@
+"""The explainer prompt: top-activating excerpts in, one short explanation out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from neuroscribe.errors import ConfigError
+from neuroscribe.prompts.examples import EXAMPLES, ExampleExcerpt
+from neuroscribe.prompts.format import approx_token_count, format_token
+from neuroscribe.scorer import normalize_activations
+
+EXPLAIN_PROMPT_VERSION = "explain-v1"
+
+ANSWER_PREFIX = "the main thing this neuron does is find"
+
+SYSTEM = (
+    "You are helping to understand the individual neurons of a language model. "
+    "For each neuron you are shown excerpts of text, one token per line, written as "
+    "token<TAB>activation. Activations run from 0 (the neuron is silent) to 10 (its "
+    "strongest response). Work out what the tokens with high activations have in "
+    "common, using the surrounding text where it matters, and describe it in one short "
+    "phrase. Describe the pattern, do not just list tokens."
+)
+
+
+class PromptTooLong(ConfigError):
+    """Even the shortest deliberate version of a prompt exceeds the context budget."""
+
+
+@dataclass
+class ExplainPrompt:
+    messages: list[dict[str, str]]
+    text: str  # the same prompt for completion endpoints, ending with ANSWER_PREFIX
+    n_excerpts: int
+    prompt_version: str = EXPLAIN_PROMPT_VERSION
+
+
+def _excerpt_block(tokens: Sequence[str], values: Sequence[int]) -> list[str]:
+    lines = ["<start>"]
+    lines += [f"{format_token(t)}\t{v}" for t, v in zip(tokens, values, strict=True)]
+    lines.append("<end>")
+    return lines
+
+
+def _neuron_block(number: int, excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    lines = [f"Neuron {number}", "Activations:"]
+    for tokens, values in excerpts:
+        lines += _excerpt_block(tokens, values)
+    # Sparse neurons: repeat the non-zero rows so they are not lost among the zeros.
+    total = sum(len(v) for _, v in excerpts)
+    nonzero = [(t, v) for tokens, values in excerpts for t, v in zip(tokens, values) if v > 0]
+    if nonzero and len(nonzero) < 0.2 * total:
+        lines.append("Same activations, non-zero tokens only:")
+        lines += _excerpt_block([t for t, _ in nonzero], [v for _, v in nonzero])
+    return "\n".join(lines) + "\n"
+
+
+def _answer(number: int, explanation: str | None = None) -> str:
+    head = f"Explanation of neuron {number} behavior: {ANSWER_PREFIX}"
+    return head if explanation is None else f"{head} {explanation}."
+
+
+def _example_pairs(ex: Sequence[ExampleExcerpt]) -> list[tuple[Sequence[str], Sequence[int]]]:
+    return [(e.tokens, e.values) for e in ex]
+
+
+def build_explain_prompt(
+    excerpts: Sequence[tuple[Sequence[str], Sequence[float]]],
+    *,
+    max_prompt_tokens: int | None = None,
+    count_tokens: Callable[[str], int] = approx_token_count,
+    n_examples: int = 3,
+) -> ExplainPrompt:
+    """Build the prompt from (tokens, raw activations) excerpts, strongest first.
+
+    If the prompt would not fit in `max_prompt_tokens`, whole excerpts are dropped from
+    the end (weakest first) and then few-shot examples; an excerpt is never cut.
+    """
+    if not excerpts:
+        raise ValueError("cannot explain a unit without excerpts")
+    # Normalise against the max over all excerpts given, so dropping weak ones later
+    # does not change the values the explainer sees for the strong ones.
+    values = normalize_activations([a for _, a in excerpts])
+    pairs = [(tokens, v) for (tokens, _), v in zip(excerpts, values)]
+    n_ex = min(n_examples, len(EXAMPLES))
+    n = len(pairs)
+    while True:
+        prompt = _render(pairs[:n], n_ex)
+        if max_prompt_tokens is None or count_tokens(prompt.text) <= max_prompt_tokens:
+            return prompt
+        if n > 1:
+            n -= 1
+        elif n_ex > 0:
+            n_ex -= 1
+        else:
+            raise PromptTooLong(
+                f"the explainer prompt needs {count_tokens(prompt.text)} tokens with a single "
+                f"excerpt and no examples, over the budget of {max_prompt_tokens}"
+            )
+
+
+def _render(pairs: list[tuple[Sequence[str], list[int]]], n_examples: int) -> ExplainPrompt:
+    messages = [{"role": "system", "content": SYSTEM}]
+    text_parts = [SYSTEM + "\n"]
+    for k, ex in enumerate(EXAMPLES[:n_examples], start=1):
+        block = _neuron_block(k, _example_pairs(ex.excerpts))
+        messages.append({"role": "user", "content": block})
+        messages.append({"role": "assistant", "content": _answer(k, ex.explanation)})
+        text_parts.append(f"\n{block}{_answer(k, ex.explanation)}\n")
+    target = n_examples + 1
+    block = _neuron_block(target, pairs)
+    messages.append(
+        {
+            "role": "user",
+            "content": block
+            + f"\nAnswer in the same form, completing: \"{_answer(target)} ...\"",
+        }
+    )
+    text_parts.append(f"\n{block}{_answer(target)}")
+    return ExplainPrompt(messages=messages, text="".join(text_parts), n_excerpts=len(pairs))

@@ -1,0 +1,97 @@
+"""Deterministic, disjoint excerpt splits.
+
+Top excerpts (strongest first) are dealt round-robin into train / test / calibration,
+so every split gets a share of strong and weaker excerpts; random excerpts are dealt into
+test / calibration. The explainer sees only `train`; scores use only `test` (and fit
+their calibration on `calibration`). Random excerpts identical to a train excerpt are
+dropped so the scorer never sees text the explainer saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from neuroscribe.errors import DataError
+from neuroscribe.schema import ActivationRecord, NeuronRecord
+
+
+class SplitConfig(BaseModel):
+    n_train: int = 5
+    n_test_top: int = 5
+    n_test_random: int = 5
+    n_calibration_top: int = 2
+    n_calibration_random: int = 2
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    excerpt_id: str  # "top:3" or "random:7": index into the record's list
+    kind: str  # "top" | "random"
+    role: str  # "train" | "test" | "calibration"
+    record: ActivationRecord
+
+
+@dataclass
+class Splits:
+    train: list[Excerpt]
+    test: list[Excerpt]
+    calibration: list[Excerpt]
+
+    @property
+    def held_out(self) -> list[Excerpt]:
+        return self.test + self.calibration
+
+
+def _deal(items: list[tuple[int, ActivationRecord]], quotas: list[int]) -> list[list[int]]:
+    """Round-robin deal of item positions into folds with the given quotas."""
+    folds: list[list[int]] = [[] for _ in quotas]
+    f = 0
+    for pos, _ in enumerate(items):
+        for _ in range(len(quotas)):
+            if len(folds[f]) < quotas[f]:
+                folds[f].append(pos)
+                f = (f + 1) % len(quotas)
+                break
+            f = (f + 1) % len(quotas)
+        else:
+            break
+    return folds
+
+
+def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Splits:
+    cfg = config or SplitConfig()
+    top = list(enumerate(record.most_positive_activation_records))
+    if not top:
+        raise DataError(f"unit {record.unit_id}: no top-activating excerpts to explain")
+    top.sort(key=lambda item: (-item[1].max_activation, item[0]))
+    if top[0][1].max_activation <= 0:
+        raise DataError(
+            f"unit {record.unit_id}: no excerpt has a positive activation (nothing to explain)"
+        )
+    folds = _deal(top, [cfg.n_train, cfg.n_test_top, cfg.n_calibration_top])
+    train_ids = [top[p] for p in folds[0]]
+    test_top = [top[p] for p in folds[1]]
+    cal_top = [top[p] for p in folds[2]]
+
+    seen = {tuple(r.tokens) for _, r in train_ids}
+    rnd = [(i, r) for i, r in enumerate(record.random_sample) if tuple(r.tokens) not in seen]
+    rfolds = _deal(rnd, [cfg.n_test_random, cfg.n_calibration_random])
+    test_rnd = [rnd[p] for p in rfolds[0]]
+    cal_rnd = [rnd[p] for p in rfolds[1]]
+
+    def ex(items, kind, role):
+        return [Excerpt(f"{kind}:{i}", kind, role, r) for i, r in items]
+
+    splits = Splits(
+        train=ex(train_ids, "top", "train"),
+        test=ex(test_top, "top", "test") + ex(test_rnd, "random", "test"),
+        calibration=ex(cal_top, "top", "calibration") + ex(cal_rnd, "random", "calibration"),
+    )
+    if not splits.test:
+        raise DataError(
+            f"unit {record.unit_id}: {len(top)} top and {len(record.random_sample)} random "
+            f"excerpts leave none held out for scoring (train takes {cfg.n_train})"
+        )
+    return splits
