@@ -51,7 +51,9 @@ def iter_jsonl(path: Path, model: type[M]) -> Iterator[M]:
             if is_last and torn_tail:
                 log.warning("%s:%d: dropping torn last line (interrupted write)", path, lineno)
                 return
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            raise DataError(
+                f"{path}:{lineno}: malformed JSON ({e.msg if hasattr(e, 'msg') else e})"
+            ) from None
         try:
             yield model.model_validate(obj)
         except ValidationError as e:
@@ -96,9 +98,7 @@ def _repair_tail(path: Path) -> None:
 def append_jsonl(path: Path, items: Iterable[BaseModel]) -> int:
     """Append models as whole lines; returns how many were written."""
     path = Path(path)
-    payload = b"".join(
-        item.model_dump_json().encode("utf-8") + b"\n" for item in items
-    )
+    payload = b"".join(item.model_dump_json().encode("utf-8") + b"\n" for item in items)
     if not payload:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def normalize_activations(
         row = []
         for a in r:
             v = max_value * max(a, 0.0) / max_activation
-            row.append(min(max_value, int(math.floor(v + 1e-9))))
+            row.append(min(max_value, math.floor(v + 1e-9)))
         out.append(row)
     return out
 

@@ -49,7 +49,9 @@ def _neuron_block(number: int, excerpts: Sequence[tuple[Sequence[str], Sequence[
         lines += _excerpt_block(tokens, values)
     # Sparse neurons: repeat the non-zero rows so they are not lost among the zeros.
     total = sum(len(v) for _, v in excerpts)
-    nonzero = [(t, v) for tokens, values in excerpts for t, v in zip(tokens, values) if v > 0]
+    nonzero = [
+        (t, v) for tokens, values in excerpts for t, v in zip(tokens, values, strict=False) if v > 0
+    ]
     if nonzero and len(nonzero) < 0.2 * total:
         lines.append("Same activations, non-zero tokens only:")
         lines += _excerpt_block([t for t, _ in nonzero], [v for _, v in nonzero])
@@ -82,7 +84,7 @@ def build_explain_prompt(
     # Normalise against the max over all excerpts given, so dropping weak ones later
     # does not change the values the explainer sees for the strong ones.
     values = normalize_activations([a for _, a in excerpts])
-    pairs = [(tokens, v) for (tokens, _), v in zip(excerpts, values)]
+    pairs = [(tokens, v) for (tokens, _), v in zip(excerpts, values, strict=False)]
     n_ex = min(n_examples, len(EXAMPLES))
     n = len(pairs)
     while True:
@@ -113,8 +115,7 @@ def _render(pairs: list[tuple[Sequence[str], list[int]]], n_examples: int) -> Ex
     messages.append(
         {
             "role": "user",
-            "content": block
-            + f"\nAnswer in the same form, completing: \"{_answer(target)} ...\"",
+            "content": block + f'\nAnswer in the same form, completing: "{_answer(target)} ..."',
         }
     )
     text_parts.append(f"\n{block}{_answer(target)}")

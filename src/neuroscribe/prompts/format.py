@@ -20,7 +20,7 @@ def rescale(value: int, from_max: int, to_max: int) -> int:
     """Rescale a 0..from_max example value to 0..to_max (for tokenizers without a "10")."""
     if from_max == to_max:
         return value
-    return int(round(value * to_max / from_max))
+    return round(value * to_max / from_max)
 
 
 def approx_token_count(text: str) -> int:

@@ -1,0 +1,409 @@
+"""The explain → simulate → score stages over a run directory.
+
+Each stage reads the previous stage's JSONL, works out which keys are already done
+(so a rerun skips them), hands the rest to the job engine and appends its own lines.
+Keys: explain = (unit, explainer config); simulate and score = (explanation, simulator
+config). A changed configuration gets a new config hash, i.e. a new key space, instead
+of mixing with earlier results.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from neuroscribe import __version__
+from neuroscribe.engine import JobEngine, JobSummary, WorkItem, WorkResult
+from neuroscribe.errors import DataError
+from neuroscribe.explainer import ExplainerConfig, explain_excerpts
+from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists, write_json_atomic
+from neuroscribe.llm.base import LLM
+from neuroscribe.rundir import load_manifest
+from neuroscribe.schema import (
+    Explanation,
+    Failure,
+    NeuronRecord,
+    RunManifest,
+    Score,
+    SequenceSimulation,
+    UsageRecord,
+    utc_now,
+)
+from neuroscribe.scorer import ExcerptResult, score_explanation
+from neuroscribe.simulator.base import Simulator
+from neuroscribe.splits import SplitConfig, split_record
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def explanations(self) -> Path:
+        return self.root / "explanations.jsonl"
+
+    @property
+    def simulations(self) -> Path:
+        return self.root / "simulations.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.jsonl"
+
+    @property
+    def usage(self) -> Path:
+        return self.root / "usage.jsonl"
+
+    @property
+    def failures(self) -> Path:
+        return self.root / "failures.jsonl"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
+def config_hash(obj: dict[str, Any]) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def explanation_id(unit_id: str, cfg_hash: str, sample: int) -> str:
+    return hashlib.sha256(f"{unit_id}|{cfg_hash}|{sample}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- records and selection
+
+
+def load_records(run: Path) -> list[NeuronRecord]:
+    paths = RunPaths(Path(run))
+    if not paths.records.is_dir():
+        raise DataError(f"{paths.records}: no records directory (run `neuroscribe record` first)")
+    files = sorted(paths.records.glob("*.jsonl"))
+    if not files:
+        raise DataError(f"{paths.records}: no *.jsonl record files")
+    records: list[NeuronRecord] = []
+    where: dict[str, str] = {}
+    for f in files:
+        for lineno, rec in enumerate(read_jsonl(f, NeuronRecord), start=1):
+            if rec.unit_id in where:
+                raise DataError(f"{f}:{lineno}: unit {rec.unit_id} already in {where[rec.unit_id]}")
+            where[rec.unit_id] = f"{f.name}:{lineno}"
+            records.append(rec)
+    if not records:
+        raise DataError(f"{paths.records}: the record files are empty")
+    return records
+
+
+def select_units(
+    records: Sequence[NeuronRecord], patterns: Sequence[str] | None, max_units: int | None
+) -> list[NeuronRecord]:
+    """Units whose id matches any pattern (exact ids or globs like `model/3/*`)."""
+    chosen = list(records)
+    if patterns:
+        chosen = [r for r in chosen if any(fnmatch.fnmatchcase(r.unit_id, p) for p in patterns)]
+        if not chosen:
+            raise DataError(f"no unit matches {', '.join(patterns)}")
+    if max_units is not None:
+        chosen = chosen[:max_units]
+    return chosen
+
+
+def failed_keys(paths: RunPaths) -> set[str]:
+    return {f.key for f in read_jsonl_if_exists(paths.failures, Failure)}
+
+
+def update_manifest(
+    run: Path, stage: str, info: dict[str, Any], probes: dict | None = None
+) -> None:
+    paths = RunPaths(Path(run))
+    manifest = load_manifest(paths.manifest) or RunManifest()
+    manifest.package_version = __version__
+    manifest.updated_at = utc_now()
+    manifest.stages[stage] = info
+    if probes:
+        manifest.probes.update(probes)
+    write_json_atomic(paths.manifest, manifest)
+
+
+def _usage(stage: str, model: str, unit_id: str, usage: Any, latency: float) -> UsageRecord:
+    return UsageRecord(
+        stage=stage,
+        model=model,
+        unit_id=unit_id,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached=usage.requests > 0 and usage.cached_requests == usage.requests,
+        cost_usd=usage.cost_usd,
+        latency_s=round(latency, 4),
+    )
+
+
+# ---------------------------------------------------------------- explain
+
+
+class ExplainSettings(BaseModel):
+    explainer: ExplainerConfig = ExplainerConfig()
+    splits: SplitConfig = SplitConfig()
+
+
+async def explain_stage(
+    run: Path,
+    llm: LLM,
+    records: Sequence[NeuronRecord],
+    settings: ExplainSettings,
+    *,
+    concurrency: int = 8,
+    retry_failed: bool = False,
+    max_cost: float | None = None,
+    show_progress: bool = True,
+) -> JobSummary:
+    paths = RunPaths(Path(run))
+    cfg = {"explainer": llm.spec, **settings.model_dump(), "prompt": "explain-v1"}
+    h = config_hash(cfg)
+    done = {
+        e.unit_id
+        for e in read_jsonl_if_exists(paths.explanations, Explanation)
+        if e.config_hash == h
+    }
+    failed = failed_keys(paths)
+    items, skipped = [], 0
+    for rec in records:
+        key = f"explain|{rec.unit_id}|{h}"
+        if rec.unit_id in done or (key in failed and not retry_failed):
+            skipped += 1
+            continue
+        items.append(WorkItem(key=key, unit_id=rec.unit_id, payload=rec))
+
+    async def work(item: WorkItem) -> WorkResult:
+        rec: NeuronRecord = item.payload
+        splits = split_record(rec, settings.splits)
+        t0 = time.perf_counter()
+        out = await explain_excerpts(llm, splits.train, settings.explainer)
+        latency = time.perf_counter() - t0
+        train_ids = [e.excerpt_id for e in splits.train]
+        explanations = [
+            Explanation(
+                explanation_id=explanation_id(rec.unit_id, h, sample),
+                unit_id=rec.unit_id,
+                sample_index=sample,
+                text=text,
+                explainer=llm.spec,
+                prompt_version=out.prompt_version,
+                config_hash=h,
+                train_excerpts=train_ids,
+                raw=raw,
+                usage=out.usage if sample == out.texts[0][0] else type(out.usage)(),
+            )
+            for sample, text, raw in out.texts
+        ]
+        failures = [
+            Failure(
+                stage="explain",
+                unit_id=rec.unit_id,
+                key=item.key if not explanations else f"{item.key}|sample{sample}",
+                reason=f"no usable explanation after {settings.explainer.max_attempts} attempts",
+                raw=raw,
+                attempts=settings.explainer.max_attempts,
+                config_hash=h,
+            )
+            for sample, raw in out.failed
+        ]
+        return WorkResult(
+            writes={paths.explanations: explanations} if explanations else {},
+            usage=[_usage("explain", llm.spec, rec.unit_id, out.usage, latency)],
+            failures=failures,
+        )
+
+    engine = JobEngine(
+        paths.root,
+        "explain",
+        h,
+        concurrency=concurrency,
+        max_cost=max_cost,
+        show_progress=show_progress,
+    )
+    summary = await engine.run(items, work, skipped=skipped)
+    update_manifest(run, "explain", {"config_hash": h, **cfg})
+    return summary
+
+
+# ---------------------------------------------------------------- simulate
+
+
+def simulator_config(sim: Simulator, splits: SplitConfig) -> dict[str, Any]:
+    return {
+        "simulator": sim.spec,
+        "strategy": sim.strategy,
+        "prompt_version": sim.prompt_version,
+        "scale_max": getattr(sim, "scale_max", None),
+        "n_examples": getattr(sim, "n_examples", None),
+        "splits": splits.model_dump(),
+    }
+
+
+async def simulate_stage(
+    run: Path,
+    sim: Simulator,
+    records: Sequence[NeuronRecord],
+    splits_cfg: SplitConfig,
+    *,
+    concurrency: int = 8,
+    retry_failed: bool = False,
+    max_cost: float | None = None,
+    show_progress: bool = True,
+    probes: dict | None = None,
+) -> JobSummary:
+    paths = RunPaths(Path(run))
+    cfg = simulator_config(sim, splits_cfg)
+    h = config_hash(cfg)
+    by_unit = {r.unit_id: r for r in records}
+    explanations = [
+        e for e in read_jsonl_if_exists(paths.explanations, Explanation) if e.unit_id in by_unit
+    ]
+    done = {
+        s.explanation_id
+        for s in read_jsonl_if_exists(paths.simulations, SequenceSimulation)
+        if s.config_hash == h
+    }
+    failed = failed_keys(paths)
+    items, skipped = [], 0
+    for e in explanations:
+        key = f"simulate|{e.explanation_id}|{h}"
+        if e.explanation_id in done or (key in failed and not retry_failed):
+            skipped += 1
+            continue
+        items.append(
+            WorkItem(key=key, unit_id=e.unit_id, payload=e, explanation_id=e.explanation_id)
+        )
+
+    async def work(item: WorkItem) -> WorkResult:
+        e: Explanation = item.payload
+        rec = by_unit[e.unit_id]
+        splits = split_record(rec, splits_cfg)
+        held = splits.held_out
+        leaked = {x.excerpt_id for x in held} & set(e.train_excerpts)
+        if leaked:
+            raise DataError(
+                f"unit {e.unit_id}: held-out excerpts {sorted(leaked)} were shown to the "
+                "explainer (the split settings differ from the ones used to explain)"
+            )
+        t0 = time.perf_counter()
+        results = await sim.simulate(e.text, [x.record.tokens for x in held])
+        latency = time.perf_counter() - t0
+        sims = [
+            SequenceSimulation(
+                explanation_id=e.explanation_id,
+                unit_id=e.unit_id,
+                excerpt_id=x.excerpt_id,
+                kind=x.kind,  # type: ignore[arg-type]
+                role=x.role,  # type: ignore[arg-type]
+                tokens=x.record.tokens,
+                true_activations=x.record.activations,
+                expected_activations=r.expected,
+                distributions=r.distributions,
+                scale_max=r.scale_max,
+                strategy=sim.strategy,
+                simulator=sim.spec,
+                prompt_version=sim.prompt_version,
+                config_hash=h,
+                usage=r.usage,
+            )
+            for x, r in zip(held, results, strict=True)
+        ]
+        total = sims[0].usage
+        for s in sims[1:]:
+            total = total.add(s.usage)
+        return WorkResult(
+            writes={paths.simulations: sims},
+            usage=[_usage("simulate", sim.spec, e.unit_id, total, latency)],
+        )
+
+    engine = JobEngine(
+        paths.root,
+        "simulate",
+        h,
+        concurrency=concurrency,
+        max_cost=max_cost,
+        show_progress=show_progress,
+    )
+    summary = await engine.run(items, work, skipped=skipped)
+    update_manifest(run, "simulate", {"config_hash": h, **cfg}, probes=probes)
+    return summary
+
+
+# ---------------------------------------------------------------- score
+
+
+def score_stage(run: Path, *, sim_config_hash: str | None = None, seed: int = 0) -> JobSummary:
+    """Score every simulated explanation that has no score yet (pure, no LLM calls)."""
+    paths = RunPaths(Path(run))
+    sims = read_jsonl_if_exists(paths.simulations, SequenceSimulation)
+    if sim_config_hash:
+        sims = [s for s in sims if s.config_hash == sim_config_hash]
+    explanations = {
+        e.explanation_id: e for e in read_jsonl_if_exists(paths.explanations, Explanation)
+    }
+    scored = {(s.explanation_id, s.config_hash) for s in read_jsonl_if_exists(paths.scores, Score)}
+    groups: dict[tuple[str, str], list[SequenceSimulation]] = {}
+    for s in sims:
+        groups.setdefault((s.explanation_id, s.config_hash), []).append(s)
+    summary = JobSummary("score")
+    new: list[Score] = []
+    for (eid, h), group in groups.items():
+        summary.total += 1
+        if (eid, h) in scored:
+            summary.skipped += 1
+            continue
+        e = explanations.get(eid)
+        if e is None:
+            raise DataError(f"{paths.simulations}: simulations of unknown explanation {eid}")
+        res = score_explanation(
+            [
+                ExcerptResult(s.kind, s.role, s.true_activations, s.expected_activations)
+                for s in group
+            ],
+            seed=seed,
+        )
+        first = group[0]
+        new.append(
+            Score(
+                explanation_id=eid,
+                unit_id=e.unit_id,
+                explanation=e.text,
+                explainer=e.explainer,
+                simulator=first.simulator,
+                strategy=first.strategy,
+                prompt_version=first.prompt_version,
+                config_hash=h,
+                score=res.score,
+                top_score=res.top_score,
+                random_score=res.random_score,
+                ci_low=res.ci[0] if res.ci else None,
+                ci_high=res.ci[1] if res.ci else None,
+                r2=res.r2,
+                abs_dev_score=res.abs_dev_score,
+                calibration_slope=res.calibration.slope if res.calibration else None,
+                calibration_intercept=res.calibration.intercept if res.calibration else None,
+                n_excerpts=res.n_excerpts,
+                n_tokens=res.n_tokens,
+                flags=res.flags,
+            )
+        )
+        summary.done += 1
+    from neuroscribe.jsonl import append_jsonl
+
+    append_jsonl(paths.scores, new)
+    return summary

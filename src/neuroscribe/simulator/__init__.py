@@ -1,0 +1,69 @@
+"""Simulators: explanation + tokens → expected activations, behind one interface.
+
+`make_simulator` picks the strategy from what the backend supports (probed once per
+endpoint and model, cached by the client) unless the user forces one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuroscribe.errors import ConfigError
+from neuroscribe.llm.base import LLM, is_local_spec
+from neuroscribe.simulator.api import ChatLogprobSimulator, JsonSimulator, PromptLogprobSimulator
+from neuroscribe.simulator.base import SimulatedExcerpt, Simulator
+
+STRATEGIES = ("auto", "exact", "prompt-logprobs", "chat-logprobs", "json")
+
+
+async def make_simulator(
+    llm: LLM, strategy: str = "auto", **options: Any
+) -> tuple[Simulator, dict[str, Any]]:
+    """Build the simulator for `llm`; returns it with the probe result (for the manifest)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if is_local_spec(llm.spec):
+        if strategy not in ("auto", "exact"):
+            raise ConfigError(
+                f"local model {llm.spec} simulates exactly from its logits; "
+                f"strategy {strategy!r} is for API endpoints"
+            )
+        from neuroscribe.simulator.exact import ExactSimulator
+
+        sim = ExactSimulator.from_llm(llm, **options)
+        return sim, {"strategy": "exact", "scale_max": sim.scale_max}
+    if strategy == "exact":
+        raise ConfigError(f"the exact strategy needs a local model (hf:...), not {llm.spec}")
+
+    probe: dict[str, Any] = await llm.probe()  # type: ignore[attr-defined]
+    if strategy == "auto":
+        if probe.get("echo_logprobs"):
+            strategy = "prompt-logprobs"
+        elif probe.get("chat_top_logprobs"):
+            strategy = "chat-logprobs"
+        else:
+            strategy = "json"
+    # A tokenizer without a single-token "10" cannot express 10 in one slot: use 0–9.
+    scale_max = options.pop("scale_max", None)
+    if scale_max is None:
+        scale_max = 9 if probe.get("ten_is_single_token") is False else 10
+    cls = {
+        "prompt-logprobs": PromptLogprobSimulator,
+        "chat-logprobs": ChatLogprobSimulator,
+        "json": JsonSimulator,
+    }[strategy]
+    if cls is JsonSimulator and probe.get("json_mode_style"):
+        options.setdefault("json_mode", probe["json_mode_style"])
+    sim = cls(llm, scale_max=scale_max, **options)
+    return sim, {**probe, "strategy": strategy, "scale_max": scale_max}
+
+
+__all__ = [
+    "STRATEGIES",
+    "ChatLogprobSimulator",
+    "JsonSimulator",
+    "PromptLogprobSimulator",
+    "SimulatedExcerpt",
+    "Simulator",
+    "make_simulator",
+]

@@ -1,0 +1,213 @@
+"""Simulation strategies for OpenAI-compatible endpoints.
+
+- `PromptLogprobSimulator` ("prompt-logprobs"): the reference's all-at-once method.
+  One request per excerpt with `unknown` in every value slot; the prompt's own top
+  logprobs at each slot give the value distribution (`echo` on /completions as
+  llama.cpp and legacy OpenAI serve it, or vLLM's `prompt_logprobs`).
+- `ChatLogprobSimulator` ("chat-logprobs"): for chat-only APIs with `top_logprobs` on
+  generated tokens; the model writes `token<TAB>value` lines and the digit
+  distribution at each value gives the expected value.
+- `JsonSimulator` ("json"): structured output without logprobs, one integer per token,
+  validated against the excerpt; a mismatch is asked again, then reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from neuroscribe.errors import OutputError
+from neuroscribe.llm.base import LLM, TokenLogprob
+from neuroscribe.prompts import (
+    SIMULATE_PROMPT_VERSION,
+    activations_json_schema,
+    build_chat_simulation_messages,
+    build_json_simulation_messages,
+    build_simulation_prompt,
+)
+from neuroscribe.schema import Usage
+from neuroscribe.scorer import digit_distribution, expected_value
+from neuroscribe.simulator.base import SimulatedExcerpt
+from neuroscribe.simulator.slots import find_echo_slots, find_generated_values
+
+TOP_LOGPROBS = 15
+
+
+def _read_distributions(
+    positions: Sequence[TokenLogprob], where: str, scale_max: int
+) -> tuple[list[float], list[list[float]]]:
+    expected, dists = [], []
+    missing = []
+    for k, pos in enumerate(positions):
+        dist = digit_distribution(pos.top_logprobs, scale_max)
+        if dist is None:
+            missing.append(k)
+            continue
+        dists.append(dist)
+        expected.append(expected_value(dist))
+    if missing:
+        raise OutputError(
+            f"{where}: no value token among the top {TOP_LOGPROBS} logprobs at "
+            f"{len(missing)} of {len(positions)} slots (first: token {missing[0]})"
+        )
+    return expected, dists
+
+
+class _Base:
+    strategy = ""
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        scale_max: int = 10,
+        n_examples: int = 2,
+        max_attempts: int = 2,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
+        self.llm = llm
+        self.spec = llm.spec
+        self.scale_max = scale_max
+        self.n_examples = n_examples
+        self.max_attempts = max_attempts
+        self.max_prompt_tokens = max_prompt_tokens
+        self.prompt_version = SIMULATE_PROMPT_VERSION
+
+    async def simulate(
+        self, explanation: str, excerpts: Sequence[Sequence[str]]
+    ) -> list[SimulatedExcerpt]:
+        async def one(k: int, tokens: Sequence[str]) -> SimulatedExcerpt:
+            try:
+                return await self._simulate_one(explanation, tokens)
+            except OutputError as e:
+                raise OutputError(f"excerpt {k}: {e}", raw=e.raw) from None
+
+        return list(await asyncio.gather(*(one(k, t) for k, t in enumerate(excerpts))))
+
+    async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
+        raise NotImplementedError
+
+
+class PromptLogprobSimulator(_Base):
+    strategy = "prompt-logprobs"
+
+    async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
+        prompt = build_simulation_prompt(
+            explanation,
+            tokens,
+            scale_max=self.scale_max,
+            n_examples=self.n_examples,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )
+        # max_tokens=1: llama.cpp reads 0 as "until the context is full".
+        resp = await self.llm.complete(
+            prompt.text(), max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, echo=True
+        )
+        choice = resp.choices[0]
+        if not choice.prompt_tokens:
+            raise OutputError("the endpoint returned no prompt logprobs (echo unsupported?)")
+        slots = find_echo_slots([t.token for t in choice.prompt_tokens], len(tokens))
+        expected, dists = _read_distributions(
+            [choice.prompt_tokens[i] for i in slots], "prompt logprobs", self.scale_max
+        )
+        return SimulatedExcerpt(expected, dists, self.scale_max, resp.usage)
+
+
+class ChatLogprobSimulator(_Base):
+    strategy = "chat-logprobs"
+
+    async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
+        messages = build_chat_simulation_messages(
+            explanation, tokens, scale_max=self.scale_max, n_examples=self.n_examples
+        )
+        usage = Usage()
+        problem = ""
+        raw = ""
+        for attempt in range(self.max_attempts):
+            resp = await self.llm.chat(
+                messages,
+                temperature=0.0 if attempt == 0 else 0.7,
+                max_tokens=12 * len(tokens) + 16,
+                top_logprobs=TOP_LOGPROBS,
+            )
+            usage = usage.add(resp.usage)
+            choice = resp.choices[0]
+            raw = choice.text
+            if not choice.tokens:
+                problem = "the endpoint returned no logprobs for the generated tokens"
+                continue
+            values = find_generated_values([t.token for t in choice.tokens])
+            if len(values) != len(tokens):
+                problem = f"the answer has {len(values)} values for {len(tokens)} tokens"
+                continue
+            try:
+                expected, dists = _read_distributions(
+                    [choice.tokens[i] for i in values], "chat logprobs", self.scale_max
+                )
+            except OutputError as e:
+                problem = str(e)
+                continue
+            return SimulatedExcerpt(expected, dists, self.scale_max, usage)
+        raise OutputError(f"{problem} after {self.max_attempts} attempts", raw=raw)
+
+
+def parse_activation_json(text: str, n_tokens: int, scale_max: int) -> list[float]:
+    """Validate a JSON answer: exactly one number in 0..scale_max per token."""
+    try:
+        obj: Any = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OutputError(f"the answer is not valid JSON ({e.msg})", raw=text) from None
+    values = obj.get("activations") if isinstance(obj, dict) else obj
+    if not isinstance(values, list):
+        raise OutputError('the answer has no "activations" list', raw=text)
+    if len(values) != n_tokens:
+        raise OutputError(f"the answer has {len(values)} values for {n_tokens} tokens", raw=text)
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= scale_max:
+            raise OutputError(f"value {v!r} is not a number in 0..{scale_max}", raw=text)
+        out.append(float(v))
+    return out
+
+
+class JsonSimulator(_Base):
+    strategy = "json"
+
+    def __init__(self, llm: LLM, *, json_mode: str = "json_schema", **kw: Any) -> None:
+        super().__init__(llm, **kw)
+        self.json_mode = json_mode
+
+    def _response_format(self, n_tokens: int) -> dict[str, Any]:
+        schema = activations_json_schema(n_tokens, self.scale_max)
+        if self.json_mode == "json_object":
+            # llama.cpp's server turns a schema given here into a grammar.
+            return {"type": "json_object", "schema": schema}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "activations", "schema": schema},
+        }
+
+    async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
+        messages = build_json_simulation_messages(
+            explanation, tokens, scale_max=self.scale_max, n_examples=self.n_examples
+        )
+        usage = Usage()
+        last: OutputError | None = None
+        for attempt in range(self.max_attempts):
+            resp = await self.llm.chat(
+                messages,
+                temperature=0.0 if attempt == 0 else 0.7,
+                max_tokens=4 * len(tokens) + 32,
+                response_format=self._response_format(len(tokens)),
+            )
+            usage = usage.add(resp.usage)
+            try:
+                values = parse_activation_json(resp.choices[0].text, len(tokens), self.scale_max)
+            except OutputError as e:
+                last = e
+                continue
+            return SimulatedExcerpt(values, None, self.scale_max, usage)
+        assert last is not None
+        raise OutputError(f"{last} after {self.max_attempts} attempts", raw=last.raw)

@@ -1,0 +1,107 @@
+"""The data model and JSONL files: validation with file:line, torn lines, crash safety."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from neuroscribe.errors import DataError
+from neuroscribe.jsonl import append_jsonl, read_jsonl
+from neuroscribe.schema import ActivationRecord, NeuronRecord, Score
+
+OPENAI_STYLE = {
+    "neuron_id": {"layer_index": 3, "neuron_index": 17},
+    "most_positive_activation_records": [{"tokens": ["a", " b"], "activations": [0.0, 1.5]}],
+    "random_sample": [{"tokens": ["c"], "activations": [0.1]}],
+    "random_sample_by_quantile": [[{"tokens": ["d"], "activations": [0.2]}]],
+    "quantile_boundaries": [0.0, 0.5],
+    "mean": 0.1,
+    "variance": 0.2,
+    "skewness": 1.0,
+    "kurtosis": 3.0,
+}
+
+
+def test_openai_neuron_file_loads_unchanged():
+    rec = NeuronRecord.model_validate(OPENAI_STYLE)
+    assert rec.unit_id == "unknown/3/17" and rec.layer == 3 and rec.index == 17
+    dumped = rec.model_dump(exclude_none=True)
+    for key, value in OPENAI_STYLE.items():
+        assert dumped[key] == value
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"tokens": ["a", "b"], "activations": [1.0]}, "2 tokens but 1 activations"),
+        ({"tokens": [], "activations": []}, "no tokens"),
+        ({"tokens": ["a"], "activations": [math.nan]}, "not finite"),
+        ({"tokens": ["a"], "activations": [math.inf]}, "not finite"),
+    ],
+)
+def test_bad_activation_records(record, message):
+    with pytest.raises(ValueError, match=message):
+        ActivationRecord.model_validate(record)
+
+
+def _rec(i: int) -> NeuronRecord:
+    return NeuronRecord(
+        unit_id=f"m/0/{i}",
+        most_positive_activation_records=[ActivationRecord(tokens=["x"], activations=[1.0])],
+    )
+
+
+def test_roundtrip_and_error_names_file_and_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_jsonl(p, [_rec(0), _rec(1)])
+    assert [r.unit_id for r in read_jsonl(p, NeuronRecord)] == ["m/0/0", "m/0/1"]
+    with p.open("a") as f:
+        f.write(
+            '{"unit_id": "m/0/2", "most_positive_activation_records": [{"tokens": ["a"], "activations": [NaN]}]}\n'
+        )
+    with pytest.raises(DataError, match=r"r\.jsonl:3: invalid NeuronRecord.*not finite"):
+        read_jsonl(p, NeuronRecord)
+
+
+def test_malformed_line_in_the_middle_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(_rec(0).model_dump_json() + "\n{not json\n" + _rec(1).model_dump_json() + "\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:2: malformed JSON"):
+        read_jsonl(p, NeuronRecord)
+
+
+def test_torn_last_line_is_dropped_and_repaired_on_append(tmp_path, caplog):
+    p = tmp_path / "r.jsonl"
+    append_jsonl(p, [_rec(0)])
+    with p.open("a") as f:
+        f.write(_rec(1).model_dump_json()[:20])  # a crash mid-write
+    assert [r.unit_id for r in read_jsonl(p, NeuronRecord)] == ["m/0/0"]
+    assert "torn" in caplog.text
+    append_jsonl(p, [_rec(2)])
+    lines = p.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x) for x in lines)
+    assert [r.unit_id for r in read_jsonl(p, NeuronRecord)] == ["m/0/0", "m/0/2"]
+
+
+def test_scores_never_hold_nan():
+    with pytest.raises(ValueError, match="not finite"):
+        Score(
+            explanation_id="e",
+            unit_id="u",
+            explanation="x",
+            explainer="a",
+            simulator="b",
+            strategy="json",
+            prompt_version="v",
+            config_hash="h",
+            score=math.nan,
+            n_excerpts=1,
+            n_tokens=1,
+        )
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl", NeuronRecord)
