@@ -9,6 +9,7 @@ of mixing with earlier results.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import json
@@ -34,6 +35,7 @@ from neuroscribe.schema import (
     RunManifest,
     Score,
     SequenceSimulation,
+    Usage,
     UsageRecord,
     utc_now,
 )
@@ -205,9 +207,10 @@ async def explain_stage(
                 config_hash=h,
                 train_excerpts=train_ids,
                 raw=raw,
-                usage=out.usage if sample == out.texts[0][0] else type(out.usage)(),
+                # The call's usage is booked once, on the first explanation it produced.
+                usage=out.usage if k == 0 else Usage(),
             )
-            for sample, text, raw in out.texts
+            for k, (sample, text, raw) in enumerate(out.texts)
         ]
         failures = [
             Failure(
@@ -347,8 +350,10 @@ async def simulate_stage(
 # ---------------------------------------------------------------- score
 
 
-def score_stage(run: Path, *, sim_config_hash: str | None = None, seed: int = 0) -> JobSummary:
-    """Score every simulated explanation that has no score yet (pure, no LLM calls)."""
+def score_stage(
+    run: Path, *, sim_config_hash: str | None = None, seed: int = 0, show_progress: bool = False
+) -> JobSummary:
+    """Score every simulated explanation that has no score yet (pure maths, no LLM calls)."""
     paths = RunPaths(Path(run))
     sims = read_jsonl_if_exists(paths.simulations, SequenceSimulation)
     if sim_config_hash:
@@ -360,16 +365,19 @@ def score_stage(run: Path, *, sim_config_hash: str | None = None, seed: int = 0)
     groups: dict[tuple[str, str], list[SequenceSimulation]] = {}
     for s in sims:
         groups.setdefault((s.explanation_id, s.config_hash), []).append(s)
-    summary = JobSummary("score")
-    new: list[Score] = []
+    items, skipped = [], 0
     for (eid, h), group in groups.items():
-        summary.total += 1
         if (eid, h) in scored:
-            summary.skipped += 1
+            skipped += 1
             continue
-        e = explanations.get(eid)
-        if e is None:
+        if eid not in explanations:
             raise DataError(f"{paths.simulations}: simulations of unknown explanation {eid}")
+        unit = explanations[eid].unit_id
+        items.append(WorkItem(f"score|{eid}|{h}", unit, (h, group), explanation_id=eid))
+
+    async def work(item: WorkItem) -> WorkResult:
+        h, group = item.payload
+        e = explanations[item.explanation_id or ""]
         res = score_explanation(
             [
                 ExcerptResult(s.kind, s.role, s.true_activations, s.expected_activations)
@@ -378,32 +386,31 @@ def score_stage(run: Path, *, sim_config_hash: str | None = None, seed: int = 0)
             seed=seed,
         )
         first = group[0]
-        new.append(
-            Score(
-                explanation_id=eid,
-                unit_id=e.unit_id,
-                explanation=e.text,
-                explainer=e.explainer,
-                simulator=first.simulator,
-                strategy=first.strategy,
-                prompt_version=first.prompt_version,
-                config_hash=h,
-                score=res.score,
-                top_score=res.top_score,
-                random_score=res.random_score,
-                ci_low=res.ci[0] if res.ci else None,
-                ci_high=res.ci[1] if res.ci else None,
-                r2=res.r2,
-                abs_dev_score=res.abs_dev_score,
-                calibration_slope=res.calibration.slope if res.calibration else None,
-                calibration_intercept=res.calibration.intercept if res.calibration else None,
-                n_excerpts=res.n_excerpts,
-                n_tokens=res.n_tokens,
-                flags=res.flags,
-            )
+        score = Score(
+            explanation_id=e.explanation_id,
+            unit_id=e.unit_id,
+            explanation=e.text,
+            explainer=e.explainer,
+            simulator=first.simulator,
+            strategy=first.strategy,
+            prompt_version=first.prompt_version,
+            config_hash=h,
+            score=res.score,
+            top_score=res.top_score,
+            random_score=res.random_score,
+            ci_low=res.ci[0] if res.ci else None,
+            ci_high=res.ci[1] if res.ci else None,
+            r2=res.r2,
+            abs_dev_score=res.abs_dev_score,
+            calibration_slope=res.calibration.slope if res.calibration else None,
+            calibration_intercept=res.calibration.intercept if res.calibration else None,
+            n_excerpts=res.n_excerpts,
+            n_tokens=res.n_tokens,
+            flags=res.flags,
         )
-        summary.done += 1
-    from neuroscribe.jsonl import append_jsonl
+        return WorkResult(writes={paths.scores: [score]})
 
-    append_jsonl(paths.scores, new)
-    return summary
+    engine = JobEngine(
+        paths.root, "score", sim_config_hash or "all", concurrency=1, show_progress=show_progress
+    )
+    return asyncio.run(engine.run(items, work, skipped=skipped))

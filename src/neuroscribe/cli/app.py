@@ -34,6 +34,9 @@ def _register_commands() -> None:
 
 # Each module adds its commands; keep one entry per line.
 COMMAND_MODULES: list[str] = [
+    "pipeline",
+    "report",
+    "record",
 ]
 
 
@@ -45,7 +48,3 @@ def main() -> None:
     except NeuroscribeError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from neuroscribe.cli.app import app
-from neuroscribe.errors import ConfigError
 from neuroscribe.explainer import ExplainerConfig
 from neuroscribe.llm.base import EMBEDDED_SPEC
 from neuroscribe.pipeline import (
@@ -59,7 +58,14 @@ ApiKeyOpt = Annotated[
         help="API key (prefer the OPENAI_API_KEY environment variable).",
     ),
 ]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Units in flight at once.")]
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        "--concurrency",
+        help="Requests in flight at once (and units in progress). Use 1 for a single-slot "
+        "local server such as llama.cpp.",
+    ),
+]
 UnitsOpt = Annotated[
     list[str] | None,
     typer.Option("--units", help="Unit ids or globs (model/3/*); repeat or comma-separate."),
@@ -86,6 +92,13 @@ NExplOpt = Annotated[int, typer.Option("--n-explanations", help="Explanations sa
 TempOpt = Annotated[float, typer.Option("--temperature", help="Explainer temperature.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Explainer answer length limit.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+SimExamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--sim-examples",
+        help="Few-shot neurons in the simulation prompt (fewer = shorter, cheaper prompts).",
+    ),
+]
 
 
 def _patterns(units: list[str] | None) -> list[str] | None:
@@ -94,10 +107,16 @@ def _patterns(units: list[str] | None) -> list[str] | None:
     return [p.strip() for u in units for p in u.split(",") if p.strip()]
 
 
-def _make_llm(spec: str, base_url: str | None, api_key: str | None, timeout: float) -> Any:
-    from neuroscribe.llm import make_llm
+def _make_llm(
+    spec: str, base_url: str | None, api_key: str | None, timeout: float, concurrency: int = 8
+) -> Any:
+    from neuroscribe.llm import is_local_spec, make_llm
 
-    return make_llm(spec, base_url=base_url, api_key=api_key, timeout=timeout)
+    if is_local_spec(spec):
+        return make_llm(spec)
+    return make_llm(
+        spec, base_url=base_url, api_key=api_key, timeout_s=timeout, concurrency=concurrency
+    )
 
 
 def _splits(n_train: int, n_test_top: int, n_test_random: int) -> SplitConfig:
@@ -116,7 +135,7 @@ async def _explain(
     retry_failed: bool,
     quiet: bool,
 ) -> None:
-    llm = _make_llm(explainer, base_url, api_key, timeout)
+    llm = _make_llm(explainer, base_url, api_key, timeout, concurrency)
     try:
         s = await explain_stage(
             run,
@@ -144,13 +163,14 @@ async def _simulate(
     concurrency: int,
     retry_failed: bool,
     quiet: bool,
+    sim_examples: int = 2,
 ) -> str:
     from neuroscribe.pipeline import config_hash, simulator_config
     from neuroscribe.simulator import make_simulator
 
-    llm = _make_llm(simulator, base_url, api_key, timeout)
+    llm = _make_llm(simulator, base_url, api_key, timeout, concurrency)
     try:
-        sim, probe = await make_simulator(llm, strategy)
+        sim, probe = await make_simulator(llm, strategy, n_examples=sim_examples)
         s = await simulate_stage(
             run,
             sim,
@@ -238,6 +258,7 @@ def simulate(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     strategy: StrategyOpt = "auto",
+    sim_examples: SimExamplesOpt = 2,
     units: UnitsOpt = None,
     max_units: MaxUnitsOpt = None,
     n_train: NTrainOpt = 5,
@@ -263,6 +284,7 @@ def simulate(
             concurrency,
             retry_failed,
             quiet,
+            sim_examples,
         )
     )
 
@@ -283,6 +305,7 @@ def run_all(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     strategy: StrategyOpt = "auto",
+    sim_examples: SimExamplesOpt = 2,
     units: UnitsOpt = None,
     max_units: MaxUnitsOpt = None,
     n_explanations: NExplOpt = 1,
@@ -335,16 +358,28 @@ def run_all(
             concurrency,
             retry_failed,
             quiet,
+            sim_examples,
         )
     )
     console.print(score_stage(run, sim_config_hash=sim_hash).line())
     _print_results(run, sim_hash)
 
 
+# The offline demo: a few units of two layers over a short slice of the built-in corpus,
+# enough for the default splits (5 train + 5 test + 2 calibration top excerpts).
+DEFAULT_RECORD = {"layers": [4, 20], "max_units": 4, "max_tokens": 16_000}
+
+
 def _record_default(run: Path, quiet: bool) -> None:
-    try:
-        from neuroscribe.datasets.record import record_default
-    except ImportError as e:  # pragma: no cover - the record module ships with the package
-        raise ConfigError(f"{run} has no records and recording is unavailable: {e}") from None
-    console.print(f"{run} has no records: recording a few units of the embedded model first")
-    record_default(run, show_progress=not quiet)
+    from neuroscribe.datasets.record import record_run
+
+    console.print(
+        f"{run} has no records: recording {DEFAULT_RECORD['max_units']} MLP neurons of layers "
+        f"{DEFAULT_RECORD['layers']} of the embedded SmolLM2 over the built-in corpus "
+        f"({DEFAULT_RECORD['max_tokens']} tokens)"
+    )
+    summary = record_run(run, **DEFAULT_RECORD)
+    console.print(
+        f"recorded {summary.n_units} units over {summary.n_tokens} tokens "
+        f"in {summary.stream_seconds + summary.finalize_seconds:.0f} s"
+    )

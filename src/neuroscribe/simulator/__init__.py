@@ -39,21 +39,19 @@ async def make_simulator(
     if strategy == "auto":
         if probe.get("echo_logprobs"):
             strategy = "prompt-logprobs"
-        elif probe.get("chat_top_logprobs"):
+        elif probe.get("chat_logprobs"):
             strategy = "chat-logprobs"
         else:
             strategy = "json"
     # A tokenizer without a single-token "10" cannot express 10 in one slot: use 0–9.
     scale_max = options.pop("scale_max", None)
     if scale_max is None:
-        scale_max = 9 if probe.get("ten_is_single_token") is False else 10
+        scale_max = 9 if probe.get("ten_single_token") is False else 10
     cls = {
         "prompt-logprobs": PromptLogprobSimulator,
         "chat-logprobs": ChatLogprobSimulator,
         "json": JsonSimulator,
     }[strategy]
-    if cls is JsonSimulator and probe.get("json_mode_style"):
-        options.setdefault("json_mode", probe["json_mode_style"])
     sim = cls(llm, scale_max=scale_max, **options)
     return sim, {**probe, "strategy": strategy, "scale_max": scale_max}
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from neuroscribe.errors import OutputError
+from neuroscribe.llm import discard_cached
 from neuroscribe.llm.base import LLM, TokenLogprob
 from neuroscribe.prompts import (
     SIMULATE_PROMPT_VERSION,
@@ -137,10 +138,12 @@ class ChatLogprobSimulator(_Base):
             raw = choice.text
             if not choice.tokens:
                 problem = "the endpoint returned no logprobs for the generated tokens"
+                discard_cached(self.llm, resp)
                 continue
             values = find_generated_values([t.token for t in choice.tokens])
             if len(values) != len(tokens):
                 problem = f"the answer has {len(values)} values for {len(tokens)} tokens"
+                discard_cached(self.llm, resp)
                 continue
             try:
                 expected, dists = _read_distributions(
@@ -148,6 +151,7 @@ class ChatLogprobSimulator(_Base):
                 )
             except OutputError as e:
                 problem = str(e)
+                discard_cached(self.llm, resp)
                 continue
             return SimulatedExcerpt(expected, dists, self.scale_max, usage)
         raise OutputError(f"{problem} after {self.max_attempts} attempts", raw=raw)
@@ -207,6 +211,7 @@ class JsonSimulator(_Base):
                 values = parse_activation_json(resp.choices[0].text, len(tokens), self.scale_max)
             except OutputError as e:
                 last = e
+                discard_cached(self.llm, resp)
                 continue
             return SimulatedExcerpt(values, None, self.scale_max, usage)
         assert last is not None

@@ -1,0 +1,5 @@
+"""`python -m neuroscribe` is the `neuroscribe` command."""
+
+from neuroscribe.cli.app import main
+
+main()

@@ -1,0 +1,409 @@
+"""Exact all-at-once simulation on a local model: the digit distribution at every slot.
+
+The simulation prompt is built as token ids piece by piece (prefix, then per row the
+row head `token<TAB>` and `unknown\\n`, then the suffix), so the position of every value
+slot is known without parsing text. The logits at the last token of each row head are
+the model's distribution for that slot's value; restricted to the ids of "0"…"max" and
+renormalised they give the expected value Σ v·p.
+
+Two ways to get them, same numbers (tested to 1e-4):
+- `cached` (default): the prefix (instructions, few-shot examples, explanation) runs
+  once and its KV cache is shared by every excerpt of the explanation; excerpts run in
+  right-padded batches after it, and only the value rows of the LM head are applied at
+  the slot positions.
+- `naive`: one plain full-prompt forward pass per excerpt (the reference, and the
+  benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from neuroscribe.errors import ConfigError
+from neuroscribe.llm.local import LocalModel, load_local_model
+from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, UNKNOWN, PromptTooLong
+from neuroscribe.prompts import build_simulation_prompt as _build_prompt
+from neuroscribe.schema import Usage
+from neuroscribe.simulator.base import SimulatedExcerpt
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["cached", "naive"]
+
+
+# -- tokenisation ------------------------------------------------------------------------
+
+
+def encode_after(tokenizer: Any, anchor: str, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text as it is tokenised right after `anchor` in a prompt.
+
+    Every row head follows a newline and every value follows a tab; encoding
+    `anchor + text` and dropping the anchor's ids gives the ids the text gets in that
+    context (tokenizers that add a leading space to a lone piece would otherwise differ).
+    Falls back to encoding the text alone where the anchor merges with it.
+    """
+    if not texts:
+        return []
+    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    batch = tokenizer([anchor + t for t in texts], add_special_tokens=False)["input_ids"]
+    out = []
+    for text, ids in zip(texts, batch, strict=True):
+        if ids[: len(anchor_ids)] == anchor_ids:
+            out.append(list(ids[len(anchor_ids) :]))
+        else:
+            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def value_token_ids(tokenizer: Any, scale_max: int | None = None) -> tuple[int, list[int]]:
+    """The value scale a tokenizer can express in one token, and the ids of "0"…"max".
+
+    0–10 when "10" is a single token; 0–9 when it is not (SmolLM2 and most modern
+    tokenizers split numbers into digits, so one slot's distribution cannot see "10").
+    `scale_max` asks for a smaller scale (never a larger one than the tokenizer allows).
+    """
+    pieces = encode_after(tokenizer, "\t", [str(v) for v in range(11)])
+    if all(len(p) == 1 for p in pieces):
+        top = 10
+    elif all(len(p) == 1 for p in pieces[:10]):
+        top = 9
+    else:
+        raise ConfigError(
+            "the simulator's tokenizer has no single token for every digit 0-9, so exact "
+            "simulation cannot read a value distribution from one position"
+        )
+    if scale_max is not None:
+        if not 1 <= scale_max <= top:
+            raise ConfigError(
+                f"scale_max {scale_max} is not possible with this tokenizer: values are read "
+                f"from one token, which covers 1 to {top}"
+            )
+        top = scale_max
+    return top, [p[0] for p in pieces[: top + 1]]
+
+
+@dataclass
+class ExcerptIds:
+    """One excerpt's part of the prompt: its rows and the suffix, as token ids."""
+
+    ids: list[int]
+    # slots[i] = index in `ids` of the last token of row i's head; the logits there
+    # are the distribution of row i's value.
+    slots: list[int]
+
+
+@dataclass
+class SimulationIds:
+    """A whole simulation request as token ids: one shared prefix, one part per excerpt."""
+
+    prefix: list[int]
+    excerpts: list[ExcerptIds]
+    scale_max: int
+    value_ids: list[int]
+    n_examples: int
+
+    def prompt_tokens(self, k: int) -> int:
+        return len(self.prefix) + len(self.excerpts[k].ids)
+
+
+def build_simulation_ids(
+    tokenizer: Any,
+    explanation: str,
+    excerpts: Sequence[Sequence[str]],
+    *,
+    max_prompt_tokens: int | None = None,
+    n_examples: int = 2,
+    scale_max: int | None = None,
+) -> SimulationIds:
+    """Token ids of every excerpt's prompt, sharing one prefix.
+
+    The longest excerpt's prompt must fit `max_prompt_tokens`: few-shot examples are
+    dropped (for every excerpt alike, so the prefix stays shared) until it does, and
+    `PromptTooLong` is raised when even no examples is too long. Nothing is truncated.
+    """
+    scale_max, value_ids = value_token_ids(tokenizer, scale_max)
+    unknown_ids = encode_after(tokenizer, "\t", [f"{UNKNOWN}\n"])[0]
+    longest = max((len(e) for e in excerpts), default=0)
+    for k in range(n_examples, -1, -1):
+        prompts = [
+            _build_prompt(explanation, list(tokens), scale_max=scale_max, n_examples=k)
+            for tokens in excerpts
+        ]
+        if not prompts:
+            prompts = [_build_prompt(explanation, [], scale_max=scale_max, n_examples=k)]
+        prefix = tokenizer(prompts[0].prefix, add_special_tokens=True)["input_ids"]
+        heads = encode_after(
+            tokenizer, "\n", [p.row_head(i) for p in prompts for i in range(len(p.rows))]
+        )
+        suffix = encode_after(tokenizer, "\n", [prompts[0].suffix])[0]
+        parts, h = [], 0
+        for p in prompts[: len(excerpts)]:
+            ids: list[int] = []
+            slots = []
+            for _ in p.rows:
+                ids.extend(heads[h])
+                slots.append(len(ids) - 1)
+                ids.extend(unknown_ids)
+                h += 1
+            ids.extend(suffix)
+            parts.append(ExcerptIds(ids=ids, slots=slots))
+        total = len(prefix) + max((len(e.ids) for e in parts), default=len(suffix))
+        if max_prompt_tokens is None or total <= max_prompt_tokens:
+            if k < n_examples:
+                log.warning(
+                    "simulation prompt shortened to %d few-shot example(s) to fit %d tokens",
+                    k,
+                    max_prompt_tokens,
+                )
+            return SimulationIds(prefix, parts, scale_max, value_ids, n_examples=k)
+    raise PromptTooLong(
+        f"the simulation prompt for a {longest}-token excerpt needs {total} tokens even "
+        f"without few-shot examples, over the limit of {max_prompt_tokens}"
+    )
+
+
+# -- the forward passes ------------------------------------------------------------------
+
+
+def _value_head(model: Any, value_ids: list[int]) -> tuple[Any, Any]:
+    """The LM head's rows for the value tokens (weight, bias or None)."""
+    head = model.get_output_embeddings()
+    weight = head.weight[value_ids]
+    bias = head.bias[value_ids] if getattr(head, "bias", None) is not None else None
+    return weight, bias
+
+
+def head_is_plain_linear(model: Any) -> bool:
+    """Whether logits = lm_head(last hidden state) exactly, checked on a short input.
+
+    Then the cached path may apply only the value rows of the head at slot positions
+    (saving the full-vocabulary projection of every token). Models that scale or cap
+    their logits fail this check and get the full head instead.
+    """
+    import torch
+
+    cached = getattr(model, "_neuroscribe_plain_head", None)
+    if cached is not None:
+        return cached
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 9, device=device).unsqueeze(0) % model.config.vocab_size
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits[0, -1].float()
+        hidden = model.base_model(input_ids=ids).last_hidden_state[0, -1]
+        weight, bias = _value_head(model, list(range(min(64, model.config.vocab_size))))
+        part = torch.nn.functional.linear(hidden, weight, bias).float()
+    ok = bool(torch.allclose(full[: part.shape[0]], part, rtol=1e-3, atol=1e-3))
+    model._neuroscribe_plain_head = ok
+    return ok
+
+
+def slot_logits_naive(model: Any, sim: SimulationIds) -> list[Any]:
+    """Value logits per slot, one plain full-prompt forward pass per excerpt."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for part in sim.excerpts:
+            ids = torch.tensor([sim.prefix + part.ids], device=device)
+            logits = model(input_ids=ids).logits[0]
+            rows = [len(sim.prefix) + s for s in part.slots]
+            out.append(logits[rows][:, sim.value_ids].float())
+    return out
+
+
+def prefix_cache(model: Any, prefix: list[int]) -> Any:
+    """Run the shared prefix once; its KV cache is reused for every excerpt."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model.base_model(
+            input_ids=torch.tensor([prefix], device=device), use_cache=True
+        ).past_key_values
+
+
+def batch_forward(
+    model: Any, cache: Any, prefix_len: int, parts: Sequence[ExcerptIds], *, pad_id: int = 0
+) -> Any:
+    """Hidden states of a right-padded batch of excerpts continuing the cached prefix.
+
+    Right padding keeps every real token at its true position (prefix_len + offset);
+    the attention mask hides the pads. The prefix cache is copied and repeated per row,
+    since a forward pass appends to the cache it is given.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    lengths = [len(p.ids) for p in parts]
+    width = max(lengths)
+    ids = torch.full((len(parts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(parts), prefix_len + width), dtype=torch.long, device=device)
+    mask[:, :prefix_len] = 1
+    for j, (p, n) in enumerate(zip(parts, lengths, strict=True)):
+        ids[j, :n] = torch.tensor(p.ids, device=device)
+        mask[j, prefix_len : prefix_len + n] = 1
+    positions = torch.arange(prefix_len, prefix_len + width, device=device).expand(len(parts), -1)
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(len(parts))
+    with torch.inference_mode():
+        return model.base_model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=batch_cache,
+            use_cache=True,
+        ).last_hidden_state
+
+
+def slot_logits_cached(model: Any, sim: SimulationIds, *, batch_size: int = 8) -> list[Any]:
+    """Value logits per slot: prefix once, then excerpts in batches on its KV cache."""
+    import torch
+
+    if not any(p.slots for p in sim.excerpts):
+        return [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
+    plain = head_is_plain_linear(model)
+    weight, bias = _value_head(model, sim.value_ids)
+    cache = prefix_cache(model, sim.prefix)
+    # Tokens after an excerpt's last slot cannot change any slot (causal attention).
+    trimmed = [ExcerptIds(p.ids[: p.slots[-1] + 1], p.slots) for p in sim.excerpts if p.slots]
+    index = [k for k, p in enumerate(sim.excerpts) if p.slots]
+    # Similar lengths share a batch, so little compute goes into padding.
+    order = sorted(range(len(trimmed)), key=lambda k: len(trimmed[k].ids))
+    out: list[Any] = [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            hidden = batch_forward(model, cache, len(sim.prefix), [trimmed[k] for k in chunk])
+            for j, k in enumerate(chunk):
+                h = hidden[j, trimmed[k].slots]
+                if plain:
+                    logits = torch.nn.functional.linear(h, weight, bias)
+                else:
+                    logits = model.get_output_embeddings()(h)[:, sim.value_ids]
+                out[index[k]] = logits.float()
+    return out
+
+
+def to_simulated(
+    sim: SimulationIds, logits: Sequence[Any], *, cached: bool
+) -> list[SimulatedExcerpt]:
+    """Renormalised value distributions and their expected values, with token usage."""
+    import torch
+
+    values = torch.arange(sim.scale_max + 1, dtype=torch.float32)
+    results = []
+    for k, value_logits in enumerate(logits):
+        probs = torch.softmax(value_logits.cpu(), dim=-1)
+        computed = len(sim.excerpts[k].ids) + (len(sim.prefix) if not cached or k == 0 else 0)
+        results.append(
+            SimulatedExcerpt(
+                expected=(probs @ values).tolist(),
+                distributions=probs.tolist(),
+                scale_max=sim.scale_max,
+                usage=Usage(prompt_tokens=computed, requests=1),
+            )
+        )
+    return results
+
+
+# -- the Simulator -----------------------------------------------------------------------
+
+
+class ExactSimulator:
+    """Exact simulation on a local model (`strategy = "exact"`).
+
+    `ExactSimulator("hf:embedded")`, or `ExactSimulator.from_llm(local_llm)` to share
+    the model a `LocalLLM` holds (loading is cached per spec anyway). Usage counts the tokens actually computed: the shared
+    prefix is charged to the first excerpt of each call.
+    """
+
+    strategy = "exact"
+
+    def __init__(
+        self,
+        spec: str = "hf:embedded",
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        loaded: LocalModel | None = None,
+        batch_size: int | None = None,
+        n_examples: int = 2,
+        max_prompt_tokens: int | None = None,
+        scale_max: int | None = None,
+        mode: Mode = "cached",
+    ):
+        if mode not in ("cached", "naive"):
+            raise ConfigError(f"unknown exact simulation mode {mode!r}: use cached or naive")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.spec = spec
+        self.prompt_version = SIMULATE_PROMPT_VERSION
+        self._batch_size = batch_size
+        self.n_examples = n_examples
+        self.max_prompt_tokens = max_prompt_tokens
+        self._scale_max = scale_max
+        self.mode: Mode = mode
+        self._device = device
+        self._dtype = dtype
+        self._loaded = loaded
+
+    @property
+    def loaded(self) -> LocalModel:
+        if self._loaded is None:
+            self._loaded = load_local_model(self.spec, device=self._device, dtype=self._dtype)
+        return self._loaded
+
+    @property
+    def batch_size(self) -> int:
+        """Excerpts per forward pass: 8 on CPU (larger batches gain nothing there), 32 on GPU."""
+        if self._batch_size is not None:
+            return self._batch_size
+        return 32 if str(self.loaded.device).startswith("cuda") else 8
+
+    @property
+    def scale_max(self) -> int:
+        """9 or 10: the top of the value scale this model's tokenizer can express."""
+        return value_token_ids(self.loaded.tokenizer, self._scale_max)[0]
+
+    @classmethod
+    def from_llm(cls, llm: Any, **options: Any) -> ExactSimulator:
+        """The exact simulator on the model a `LocalLLM` already holds (weights shared)."""
+        return cls(llm.spec, loaded=llm.loaded, **options)
+
+    def prompt_limit(self) -> int | None:
+        """The deliberate token limit: `max_prompt_tokens`, never above the context."""
+        context = self.loaded.max_context
+        limits = [x for x in (self.max_prompt_tokens, context) if x is not None]
+        return min(limits) if limits else None
+
+    def simulate_sync(
+        self, explanation: str, excerpts: Sequence[Sequence[str]]
+    ) -> list[SimulatedExcerpt]:
+        """The blocking version of `simulate` (holds the model's lock)."""
+        loaded = self.loaded
+        sim = build_simulation_ids(
+            loaded.tokenizer,
+            explanation,
+            excerpts,
+            max_prompt_tokens=self.prompt_limit(),
+            n_examples=self.n_examples,
+            scale_max=self._scale_max,
+        )
+        with loaded.lock:
+            if self.mode == "naive":
+                logits = slot_logits_naive(loaded.model, sim)
+            else:
+                logits = slot_logits_cached(loaded.model, sim, batch_size=self.batch_size)
+        return to_simulated(sim, logits, cached=self.mode == "cached")
+
+    async def simulate(
+        self, explanation: str, excerpts: Sequence[Sequence[str]]
+    ) -> list[SimulatedExcerpt]:
+        """Expected activations for every token of every excerpt, in order."""
+        return await asyncio.to_thread(self.simulate_sync, explanation, excerpts)
