@@ -203,6 +203,7 @@ def test_run_all_strategies_against_llama_cpp(llama_server, tmp_path):
 def test_bad_endpoint_and_model_give_clear_errors(llama_server, tmp_path):
     run = tmp_path / "run"
     write_records(run)
+    records_before = (run / "records" / "layer-00.jsonl").read_text()
     proc = cli(
         "explain",
         str(run),
@@ -216,10 +217,9 @@ def test_bad_endpoint_and_model_give_clear_errors(llama_server, tmp_path):
         *SPLITS,
         check=False,
     )
-    # An unreachable server is recorded per unit with the URL, and the job goes on.
-    failures = read_jsonl(run / "failures.jsonl", Failure)
-    assert "127.0.0.1:9" in failures[-1].reason
-    assert proc.returncode == 0 or "127.0.0.1:9" in proc.stderr
+    assert proc.returncode == 1
+    assert "cannot connect to http://127.0.0.1:9/v1" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
     proc = cli(
         "run",
@@ -231,12 +231,13 @@ def test_bad_endpoint_and_model_give_clear_errors(llama_server, tmp_path):
         "--base-url",
         llama_server.base_url,
         "--quiet",
-        "--retry-failed",
         *SPLITS,
         check=False,
     )
-    text = proc.stdout + proc.stderr + (run / "failures.jsonl").read_text()
-    assert "no-such-model" in text
+    assert proc.returncode == 1
+    assert "'no-such-model' is not served at" in proc.stderr and "smollm2" in proc.stderr
+    assert not (run / "explanations.jsonl").exists()
+    assert (run / "records" / "layer-00.jsonl").read_text() == records_before
 
 
 def test_malformed_records_exit_non_zero_naming_file_and_line(tmp_path):

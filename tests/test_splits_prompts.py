@@ -99,6 +99,8 @@ def test_format_token_escapes():
         ("Explanation of neuron 4 behavior: the main thing this neuron does is find cats.", "cats"),
         ('"negations like not"\nmore text', "negations like not"),
         ("the main thing this neuron does is find   words   about  food", "words about food"),
+        ("cats and dogs. The neuron also likes e.g. birds. More", "cats and dogs"),
+        ("Explaining neuron 4 behavior: the main thing this neuron does is find dogs", "dogs"),
         ("", None),
         ("   \n  ", None),
         ("...", None),
@@ -106,3 +108,10 @@ def test_format_token_escapes():
 )
 def test_clean_explanation(raw, clean):
     assert clean_explanation(raw) == clean
+
+
+def test_copied_few_shot_answers_are_recognised():
+    from neuroscribe.explainer import is_copied_example
+
+    assert is_copied_example("Words that negate a statement, such as not and never.")
+    assert not is_copied_example("words that negate verbs in French")

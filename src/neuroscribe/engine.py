@@ -10,7 +10,9 @@ cost, and the budget. Per-call retries, timeouts and rate limits live in the LLM
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +62,34 @@ class JobSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    cached_requests: int = 0
     stopped_for_budget: bool = False
+    remaining: int = 0  # items not started because the budget ran out
+    warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         cost = f", ${self.cost_usd:.4f}" if self.cost_usd else ""
+        left = f", {self.remaining} left for the budget" if self.remaining else ""
         return (
-            f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed "
-            f"({self.prompt_tokens} prompt + {self.completion_tokens} completion tokens{cost})"
+            f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+            f"{left} ({self.prompt_tokens} prompt + {self.completion_tokens} completion "
+            f"tokens{cost})"
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form written to summary.json."""
+        return {
+            "total": self.total,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "remaining": self.remaining,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_units": self.cached_requests,
+            "cost_usd": round(self.cost_usd, 6),
+            "stopped_for_budget": self.stopped_for_budget,
+        }
 
 
 Worker = Callable[[WorkItem], Awaitable[WorkResult]]
@@ -83,6 +105,7 @@ class JobEngine:
         concurrency: int = 8,
         max_cost: float | None = None,
         spent_before: float = 0.0,
+        unit_cost_hint: float = 0.0,
         show_progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -91,8 +114,41 @@ class JobEngine:
         self.concurrency = max(1, concurrency)
         self.max_cost = max_cost
         self.spent = spent_before
+        self.spent_before = spent_before
+        # Mean cost of one item in earlier invocations, until this one has its own.
+        self.unit_cost_hint = unit_cost_hint
         self.show_progress = show_progress
-        self._write_lock = asyncio.Lock()
+        self._costed_items = 0  # finished items that reported usage
+        self._in_flight = 0
+        self._pending: list[WorkResult] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def _budget_allows_another(self) -> bool:
+        """Whether one more item may start without (probably) passing `max_cost`.
+
+        Items already running will spend too, so the check projects the mean cost of a
+        finished item onto those in flight plus the new one: the job stops a little
+        early rather than overshoot by `concurrency` items.
+        """
+        if self.max_cost is None:
+            return True
+        if self.spent >= self.max_cost:
+            return False
+        spent_here = self.spent - self.spent_before
+        mean = spent_here / self._costed_items if self._costed_items else self.unit_cost_hint
+        return self.spent + mean * (self._in_flight + 1) <= self.max_cost
+
+    def check_budget(self, n_items: int) -> None:
+        """Raise BudgetExceeded if not one of `n_items` could start within the budget.
+
+        Call it before writing anything, so a rerun with a spent budget changes nothing.
+        """
+        if n_items and not self._budget_allows_another():
+            raise BudgetExceeded(
+                f"budget reached: ${self.spent:.4f} of --max-cost ${self.max_cost:.4f} "
+                f"spent in {self.run_dir} (about ${self.unit_cost_hint:.4f} a unit); "
+                f"{n_items} {self.stage} units left. Rerun with a higher --max-cost to continue"
+            )
 
     @property
     def failures_path(self) -> Path:
@@ -103,17 +159,53 @@ class JobEngine:
         return self.run_dir / "usage.jsonl"
 
     async def _commit(self, result: WorkResult, summary: JobSummary) -> None:
-        async with self._write_lock:
-            append_jsonl(self.usage_path, result.usage)
-            for path, lines in result.writes.items():
-                append_jsonl(path, lines)
-            append_jsonl(self.failures_path, result.failures)
-            for u in result.usage:
-                summary.prompt_tokens += u.prompt_tokens
-                summary.completion_tokens += u.completion_tokens
-                if u.cost_usd:
-                    summary.cost_usd += u.cost_usd
-                    self.spent += u.cost_usd
+        """Count a finished item now; queue its lines for the writer (see `_write_batch`)."""
+        for u in result.usage:
+            summary.prompt_tokens += u.prompt_tokens
+            summary.completion_tokens += u.completion_tokens
+            if u.cached:
+                summary.cached_requests += 1
+            if u.cost_usd:
+                summary.cost_usd += u.cost_usd
+                self.spent += u.cost_usd
+        if result.usage:
+            self._costed_items += 1
+        self._pending.append(result)
+        if self._writer is not None and self._writer.done():
+            self._writer.result()  # a failed write (disk full...) stops the job here
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        # One writer at a time, off the event loop: fsync costs milliseconds on a busy
+        # disk, and items that finish meanwhile are written together in the next batch.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await asyncio.to_thread(self._write_batch, batch)
+
+    def _write_batch(self, batch: list[WorkResult]) -> None:
+        """Append a batch: all usage lines first, then the outputs, then the failures.
+
+        So a crash can only leave spend recorded without its output (re-done on resume,
+        the answer coming from the response cache), never an output twice.
+        """
+        append_jsonl(self.usage_path, [u for r in batch for u in r.usage])
+        outputs: dict[Path, list[BaseModel]] = {}
+        for r in batch:
+            for path, lines in r.writes.items():
+                outputs.setdefault(path, []).extend(lines)
+        for path, lines in outputs.items():
+            append_jsonl(path, lines)
+        append_jsonl(self.failures_path, [f for r in batch for f in r.failures])
+
+    async def _flush(self) -> None:
+        """Wait until every queued line is on disk (re-raises a write error)."""
+        while True:
+            if self._writer is not None:
+                await self._writer
+            if not self._pending:
+                return
+            self._writer = asyncio.create_task(self._drain())
 
     def _failure(self, item: WorkItem, reason: str, raw: str | None = None) -> Failure:
         return Failure(
@@ -130,11 +222,7 @@ class JobEngine:
         self, items: Sequence[WorkItem], worker: Worker, *, skipped: int = 0
     ) -> JobSummary:
         summary = JobSummary(self.stage, total=len(items) + skipped, skipped=skipped)
-        if self.max_cost is not None and self.spent >= self.max_cost:
-            raise BudgetExceeded(
-                f"the budget of ${self.max_cost:.4f} is already spent (${self.spent:.4f}); "
-                "raise --max-cost to continue"
-            )
+        self.check_budget(len(items))
         queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         for it in items:
             queue.put_nowait(it)
@@ -178,16 +266,73 @@ class JobEngine:
             )
 
         async def runner() -> None:
-            while True:
-                if self.max_cost is not None and self.spent >= self.max_cost:
+            while not queue.empty():
+                if not self._budget_allows_another():
                     summary.stopped_for_budget = True
                     return
+                item = queue.get_nowait()
+                self._in_flight += 1
                 try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await handle(item)
+                    await handle(item)
+                finally:
+                    self._in_flight -= 1
 
         with progress:
-            await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(items) or 1))))
+            try:
+                await asyncio.gather(
+                    *(runner() for _ in range(min(self.concurrency, len(items) or 1)))
+                )
+            finally:
+                await self._flush()
+        summary.remaining = queue.qsize()
         return summary
+
+
+# ---------------------------------------------------------------- run summary
+
+
+def read_run_summary(run_dir: Path) -> dict[str, Any]:
+    """RUN/summary.json as a dict (empty stages when there is none yet)."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"stages": {}, "totals": {}}
+    return data if isinstance(data, dict) else {"stages": {}, "totals": {}}
+
+
+def write_run_summary(run_dir: Path, summaries: Sequence[JobSummary]) -> dict[str, Any]:
+    """Update RUN/summary.json: each stage's last invocation, plus all-time totals.
+
+    `stages.<stage>` holds the counts of the last invocation of that stage (units done,
+    already done, failed, left for the budget; tokens; cost). `totals.<stage>` sums
+    usage.jsonl over the whole run (every invocation, cached calls included at $0).
+    Written atomically (temporary file + rename).
+    """
+    from neuroscribe.jsonl import read_jsonl_if_exists
+    from neuroscribe.schema import utc_now
+
+    run_dir = Path(run_dir)
+    data = read_run_summary(run_dir)
+    stages = data.setdefault("stages", {})
+    for s in summaries:
+        stages[s.stage] = s.as_dict()
+    totals: dict[str, dict[str, Any]] = {}
+    for u in read_jsonl_if_exists(run_dir / "usage.jsonl", UsageRecord):
+        t = totals.setdefault(
+            u.stage,
+            {"calls": 0, "cached_calls": 0, "prompt_tokens": 0, "completion_tokens": 0},
+        )
+        t["calls"] += 1
+        t["cached_calls"] += int(u.cached)
+        t["prompt_tokens"] += u.prompt_tokens
+        t["completion_tokens"] += u.completion_tokens
+        t["cost_usd"] = round(t.get("cost_usd", 0.0) + (u.cost_usd or 0.0), 6)
+    data["totals"] = totals
+    data["total_cost_usd"] = round(sum(t.get("cost_usd", 0.0) for t in totals.values()), 6)
+    data["updated_at"] = utc_now()
+    path = run_dir / "summary.json"
+    tmp = path.with_name(f".summary.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return data

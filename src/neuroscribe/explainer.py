@@ -9,8 +9,10 @@ from typing import Literal
 from pydantic import BaseModel
 
 from neuroscribe.errors import OutputError
+from neuroscribe.llm import discard_cached
 from neuroscribe.llm.base import LLM
 from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, build_explain_prompt
+from neuroscribe.prompts.examples import EXAMPLES
 from neuroscribe.schema import Usage
 from neuroscribe.splits import Excerpt
 
@@ -26,7 +28,7 @@ class ExplainerConfig(BaseModel):
 
 
 _PREFIX_RE = re.compile(
-    r"^\s*(?:explanation\s+of\s+neuron\s+\d+\s+behaviou?r\s*:?)?\s*"
+    r"^\s*(?:(?:explanation|explaining|explain)(?:\s+of)?\s+neuron\s+\d+(?:'s)?\s+behaviou?r\s*:?)?\s*"
     r"(?:the\s+main\s+thing\s+this\s+neuron\s+does\s+is\s+(?:to\s+)?find(?:s|ing)?\s*:?)?\s*",
     re.IGNORECASE,
 )
@@ -35,8 +37,8 @@ _PREFIX_RE = re.compile(
 def clean_explanation(raw: str) -> str | None:
     """Normalise an explainer answer; None when nothing usable is left.
 
-    Keeps the first non-empty line, drops an echoed answer prefix, surrounding quotes and
-    a trailing period, and collapses whitespace.
+    Keeps the first sentence of the first non-empty line, drops an echoed answer prefix,
+    surrounding quotes and a trailing period, and collapses whitespace.
     """
     lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
     if not lines:
@@ -44,10 +46,20 @@ def clean_explanation(raw: str) -> str | None:
     text = _PREFIX_RE.sub("", lines[0], count=1)
     text = text.strip().strip("\"'`“”").strip()
     text = re.sub(r"\s+", " ", text)
+    # An explanation is one phrase: keep the first sentence of a rambling answer.
+    text = re.split(r"(?<=[a-z0-9)\]])[.!?]\s+(?=[A-Z])", text, maxsplit=1)[0]
     text = text.rstrip(".").strip()
     if len(text) < 2 or not re.search(r"[A-Za-z\u00C0-\uFFFF]", text):
         return None
     return text
+
+
+_EXAMPLE_TEXTS = {ex.explanation.lower() for ex in EXAMPLES}
+
+
+def is_copied_example(text: str) -> bool:
+    """Weak explainers parrot the prompt's few-shot answers; those explain nothing here."""
+    return text.lower().strip().rstrip(".") in _EXAMPLE_TEXTS
 
 
 @dataclass
@@ -63,8 +75,9 @@ async def explain_excerpts(
 ) -> ExplainOutcome:
     """Sample `n_samples` explanations; unusable answers are asked again, then reported.
 
-    An answer that is empty or unparseable after `max_attempts` rounds is returned in
-    `failed` with its raw text, never as an explanation.
+    An answer that is empty, unparseable or a copy of a few-shot example's explanation
+    after `max_attempts` rounds is returned in `failed` with its raw text, never as an
+    explanation.
     """
     if not train:
         raise OutputError("no train excerpts to explain")
@@ -100,11 +113,14 @@ async def explain_excerpts(
         for i, sample in enumerate(missing):
             raw = answers[i] if i < len(answers) else ""
             text = clean_explanation(raw)
-            if text is None:
+            if text is None or is_copied_example(text):
                 last_raw[sample] = raw
                 still.append(sample)
             else:
                 outcome.texts.append((sample, text, raw))
+        if still:
+            # Else the retry is answered from the response cache with the same answer.
+            discard_cached(llm, resp)
         missing = still
     outcome.failed = [(s, last_raw.get(s, "")) for s in missing]
     outcome.texts.sort()

@@ -13,6 +13,7 @@ import asyncio
 import fnmatch
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from neuroscribe.schema import (
 from neuroscribe.scorer import ExcerptResult, score_explanation
 from neuroscribe.simulator.base import Simulator
 from neuroscribe.splits import SplitConfig, split_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,6 +126,36 @@ def select_units(
     return chosen
 
 
+def open_failures(run: Path) -> list[Failure]:
+    """Failures not resolved by a later success (a retry that worked), last line per key."""
+    paths = RunPaths(Path(run))
+    failures = {f.key: f for f in read_jsonl_if_exists(paths.failures, Failure)}
+    if not failures:
+        return []
+    explained = {
+        (e.unit_id, e.config_hash) for e in read_jsonl_if_exists(paths.explanations, Explanation)
+    }
+    simulated = {
+        (s.explanation_id, s.config_hash)
+        for s in read_jsonl_if_exists(paths.simulations, SequenceSimulation)
+    }
+    scored = {(s.explanation_id, s.config_hash) for s in read_jsonl_if_exists(paths.scores, Score)}
+    still = []
+    for f in failures.values():
+        if (
+            f.stage == "explain"
+            and (f.unit_id, f.config_hash) in explained
+            and "|sample" not in f.key
+        ):
+            continue
+        if f.stage == "simulate" and (f.explanation_id, f.config_hash) in simulated:
+            continue
+        if f.stage == "score" and (f.explanation_id, f.config_hash) in scored:
+            continue
+        still.append(f)
+    return still
+
+
 def failed_keys(paths: RunPaths) -> set[str]:
     return {f.key for f in read_jsonl_if_exists(paths.failures, Failure)}
 
@@ -140,6 +173,48 @@ def update_manifest(
     write_json_atomic(paths.manifest, manifest)
 
 
+def run_spend(run: Path, stage: str | None = None) -> tuple[float, float]:
+    """(USD spent so far in a run directory, mean cost of one `stage` unit), from usage.jsonl."""
+    usage = read_jsonl_if_exists(RunPaths(Path(run)).usage, UsageRecord)
+    priced = [u.cost_usd for u in usage if u.stage == stage and u.cost_usd]
+    mean = sum(priced) / len(priced) if priced else 0.0
+    return sum(u.cost_usd or 0.0 for u in usage), mean
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two stage configurations ("a.b: x -> y")."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        if k == "config_hash":
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_config_change(run: Path, stage: str, cfg: dict[str, Any], h: str) -> list[str]:
+    """Warn (and return the warning) when `stage` last ran here with another configuration.
+
+    A changed configuration is not an error: it gets its own config hash, i.e. a new key
+    space, so earlier results stay in the files untouched and are not reused or mixed.
+    """
+    manifest = load_manifest(RunPaths(Path(run)).manifest)
+    old = manifest.stages.get(stage) if manifest else None
+    if not old or old.get("config_hash") in (None, h):
+        return []
+    changed = config_changes(old, {"config_hash": h, **cfg})
+    msg = (
+        f"{stage}: the configuration differs from the last {stage} run in {run} "
+        f"({'; '.join(changed) or 'details changed'}): starting a new key space "
+        f"(config {h}, was {old.get('config_hash')}); earlier results are kept but not reused"
+    )
+    log.warning(msg)
+    return [msg]
+
+
 def _usage(stage: str, model: str, unit_id: str, usage: Any, latency: float) -> UsageRecord:
     return UsageRecord(
         stage=stage,
@@ -147,7 +222,7 @@ def _usage(stage: str, model: str, unit_id: str, usage: Any, latency: float) -> 
         unit_id=unit_id,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
-        cached=usage.requests > 0 and usage.cached_requests == usage.requests,
+        cached=usage.cached_requests > 0 and usage.requests == 0,
         cost_usd=usage.cost_usd,
         latency_s=round(latency, 4),
     )
@@ -159,6 +234,11 @@ def _usage(stage: str, model: str, unit_id: str, usage: Any, latency: float) -> 
 class ExplainSettings(BaseModel):
     explainer: ExplainerConfig = ExplainerConfig()
     splits: SplitConfig = SplitConfig()
+
+
+def explain_config(spec: str, settings: ExplainSettings) -> dict[str, Any]:
+    """The explain stage's configuration; its hash keys the explanations it writes."""
+    return {"explainer": spec, **settings.model_dump(), "prompt": "explain-v1"}
 
 
 async def explain_stage(
@@ -173,18 +253,25 @@ async def explain_stage(
     show_progress: bool = True,
 ) -> JobSummary:
     paths = RunPaths(Path(run))
-    cfg = {"explainer": llm.spec, **settings.model_dump(), "prompt": "explain-v1"}
+    cfg = explain_config(llm.spec, settings)
     h = config_hash(cfg)
-    done = {
-        e.unit_id
-        for e in read_jsonl_if_exists(paths.explanations, Explanation)
-        if e.config_hash == h
-    }
+    warnings = check_config_change(run, "explain", cfg, h)
+    # Keyed per (unit, sample): a unit whose samples were only partly written (a crash
+    # mid-write) is redone and only its missing samples are appended.
+    done: dict[str, set[int]] = {}
+    for e in read_jsonl_if_exists(paths.explanations, Explanation):
+        if e.config_hash == h:
+            done.setdefault(e.unit_id, set()).add(e.sample_index)
     failed = failed_keys(paths)
+    n_samples = settings.explainer.n_samples
     items, skipped = [], 0
     for rec in records:
         key = f"explain|{rec.unit_id}|{h}"
-        if rec.unit_id in done or (key in failed and not retry_failed):
+        have = done.get(rec.unit_id, set())
+        missing = [s for s in range(n_samples) if s not in have]
+        if not retry_failed:
+            missing = [s for s in missing if f"{key}|sample{s}" not in failed]
+        if not missing or (key in failed and not retry_failed):
             skipped += 1
             continue
         items.append(WorkItem(key=key, unit_id=rec.unit_id, payload=rec))
@@ -212,6 +299,8 @@ async def explain_stage(
             )
             for k, (sample, text, raw) in enumerate(out.texts)
         ]
+        have = done.get(rec.unit_id, set())
+        explanations = [e for e in explanations if e.sample_index not in have]
         failures = [
             Failure(
                 stage="explain",
@@ -230,6 +319,7 @@ async def explain_stage(
             failures=failures,
         )
 
+    spent, unit_cost = run_spend(run, "explain") if max_cost is not None else (0.0, 0.0)
     engine = JobEngine(
         paths.root,
         "explain",
@@ -238,8 +328,14 @@ async def explain_stage(
         max_cost=max_cost,
         show_progress=show_progress,
     )
-    summary = await engine.run(items, work, skipped=skipped)
+    if max_cost is not None:
+        engine.spent = engine.spent_before = spent
+        engine.unit_cost_hint = unit_cost
+        engine.check_budget(len(items))  # before anything is written
+    # Recorded before the work starts, so a killed job's manifest names its config.
     update_manifest(run, "explain", {"config_hash": h, **cfg})
+    summary = await engine.run(items, work, skipped=skipped)
+    summary.warnings = warnings
     return summary
 
 
@@ -276,33 +372,41 @@ async def simulate_stage(
     explanations = [
         e for e in read_jsonl_if_exists(paths.explanations, Explanation) if e.unit_id in by_unit
     ]
-    done = {
-        s.explanation_id
-        for s in read_jsonl_if_exists(paths.simulations, SequenceSimulation)
-        if s.config_hash == h
-    }
+    # Keyed per (explanation, excerpt): an explanation whose lines were only partly
+    # written (a crash mid-write) is simulated again and only the missing lines appended.
+    done: dict[str, set[str]] = {}
+    for s in read_jsonl_if_exists(paths.simulations, SequenceSimulation):
+        if s.config_hash == h:
+            done.setdefault(s.explanation_id, set()).add(s.excerpt_id)
     failed = failed_keys(paths)
+    splits_of: dict[str, Any] = {}
     items, skipped = [], 0
     for e in explanations:
+        if e.unit_id not in splits_of:
+            splits_of[e.unit_id] = split_record(by_unit[e.unit_id], splits_cfg)
+        held = splits_of[e.unit_id].held_out
+        # A genuinely inconsistent request, refused before anything is sent: these
+        # split settings would score the explanation on excerpts its explainer saw.
+        leaked = {x.excerpt_id for x in held} & set(e.train_excerpts)
+        if leaked:
+            raise DataError(
+                f"unit {e.unit_id}: held-out excerpts {sorted(leaked)} were shown to the "
+                "explainer of its explanation; use the split settings (--n-train, "
+                "--n-test-top, --n-test-random) the explanations were made with"
+            )
         key = f"simulate|{e.explanation_id}|{h}"
-        if e.explanation_id in done or (key in failed and not retry_failed):
+        have = done.get(e.explanation_id, set())
+        if (have and {x.excerpt_id for x in held} <= have) or (key in failed and not retry_failed):
             skipped += 1
             continue
         items.append(
             WorkItem(key=key, unit_id=e.unit_id, payload=e, explanation_id=e.explanation_id)
         )
+    warnings = check_config_change(run, "simulate", cfg, h)
 
     async def work(item: WorkItem) -> WorkResult:
         e: Explanation = item.payload
-        rec = by_unit[e.unit_id]
-        splits = split_record(rec, splits_cfg)
-        held = splits.held_out
-        leaked = {x.excerpt_id for x in held} & set(e.train_excerpts)
-        if leaked:
-            raise DataError(
-                f"unit {e.unit_id}: held-out excerpts {sorted(leaked)} were shown to the "
-                "explainer (the split settings differ from the ones used to explain)"
-            )
+        held = splits_of[e.unit_id].held_out
         t0 = time.perf_counter()
         results = await sim.simulate(e.text, [x.record.tokens for x in held])
         latency = time.perf_counter() - t0
@@ -329,11 +433,14 @@ async def simulate_stage(
         total = sims[0].usage
         for s in sims[1:]:
             total = total.add(s.usage)
+        have = done.get(e.explanation_id, set())
+        sims = [s for s in sims if s.excerpt_id not in have]
         return WorkResult(
             writes={paths.simulations: sims},
             usage=[_usage("simulate", sim.spec, e.unit_id, total, latency)],
         )
 
+    spent, unit_cost = run_spend(run, "simulate") if max_cost is not None else (0.0, 0.0)
     engine = JobEngine(
         paths.root,
         "simulate",
@@ -342,8 +449,13 @@ async def simulate_stage(
         max_cost=max_cost,
         show_progress=show_progress,
     )
-    summary = await engine.run(items, work, skipped=skipped)
+    if max_cost is not None:
+        engine.spent = engine.spent_before = spent
+        engine.unit_cost_hint = unit_cost
+        engine.check_budget(len(items))  # before anything is written
     update_manifest(run, "simulate", {"config_hash": h, **cfg}, probes=probes)
+    summary = await engine.run(items, work, skipped=skipped)
+    summary.warnings = warnings
     return summary
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from neuroscribe.cli._jobs import JobOptions, check_options, dry_run, finish_stage
 from neuroscribe.cli.app import app
 from neuroscribe.explainer import ExplainerConfig
 from neuroscribe.llm.base import EMBEDDED_SPEC
@@ -101,21 +102,68 @@ SimExamplesOpt = Annotated[
 ]
 
 
+RpmOpt = Annotated[
+    float | None, typer.Option("--rpm", help="Requests per minute limit (token bucket).")
+]
+TpmOpt = Annotated[float | None, typer.Option("--tpm", help="Tokens per minute limit.")]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        metavar="USD",
+        help="Stop cleanly (resumable) once the run directory's LLM spend reaches USD.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Count the tokens and cost the job would send; send nothing."),
+]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Bypass the response cache (RUN/.cache/responses.sqlite)."),
+]
+PricesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prices",
+        envvar="NEUROSCRIBE_PRICES",
+        help="JSON/YAML price file {model: {input, output}} in USD per 1M tokens.",
+    ),
+]
+
+
 def _patterns(units: list[str] | None) -> list[str] | None:
     if not units:
         return None
     return [p.strip() for u in units for p in u.split(",") if p.strip()]
 
 
+async def _preflight(llm: Any) -> None:
+    """Fail before any work on an unreachable server, a 401 or a model it does not serve."""
+    check = getattr(llm, "check_model", None)
+    if check is not None:
+        await check(require_reachable=True)
+
+
 def _make_llm(
-    spec: str, base_url: str | None, api_key: str | None, timeout: float, concurrency: int = 8
+    spec: str,
+    base_url: str | None,
+    api_key: str | None,
+    timeout: float,
+    concurrency: int = 8,
+    options: dict[str, Any] | None = None,
 ) -> Any:
     from neuroscribe.llm import is_local_spec, make_llm
 
     if is_local_spec(spec):
         return make_llm(spec)
     return make_llm(
-        spec, base_url=base_url, api_key=api_key, timeout_s=timeout, concurrency=concurrency
+        spec,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=timeout,
+        concurrency=concurrency,
+        **(options or {}),
     )
 
 
@@ -134,9 +182,12 @@ async def _explain(
     concurrency: int,
     retry_failed: bool,
     quiet: bool,
+    opts: JobOptions | None = None,
 ) -> None:
-    llm = _make_llm(explainer, base_url, api_key, timeout, concurrency)
+    opts = opts or JobOptions()
+    llm = _make_llm(explainer, base_url, api_key, timeout, concurrency, opts.llm_options(run))
     try:
+        await _preflight(llm)
         s = await explain_stage(
             run,
             llm,
@@ -144,11 +195,12 @@ async def _explain(
             settings,
             concurrency=concurrency,
             retry_failed=retry_failed,
+            max_cost=opts.max_cost,
             show_progress=not quiet,
         )
     finally:
         await llm.aclose()
-    console.print(s.line())
+    finish_stage(console, run, s, opts.max_cost)
 
 
 async def _simulate(
@@ -164,12 +216,15 @@ async def _simulate(
     retry_failed: bool,
     quiet: bool,
     sim_examples: int = 2,
+    opts: JobOptions | None = None,
 ) -> str:
     from neuroscribe.pipeline import config_hash, simulator_config
     from neuroscribe.simulator import make_simulator
 
-    llm = _make_llm(simulator, base_url, api_key, timeout, concurrency)
+    opts = opts or JobOptions()
+    llm = _make_llm(simulator, base_url, api_key, timeout, concurrency, opts.llm_options(run))
     try:
+        await _preflight(llm)
         sim, probe = await make_simulator(llm, strategy, n_examples=sim_examples)
         s = await simulate_stage(
             run,
@@ -178,34 +233,46 @@ async def _simulate(
             splits,
             concurrency=concurrency,
             retry_failed=retry_failed,
+            max_cost=opts.max_cost,
             show_progress=not quiet,
             probes={simulator: probe},
         )
     finally:
         await llm.aclose()
     console.print(f"simulator strategy: {sim.strategy} (values 0–{getattr(sim, 'scale_max', 10)})")
-    console.print(s.line())
+    finish_stage(console, run, s, opts.max_cost)
     return config_hash(simulator_config(sim, splits))
 
 
 def _print_results(run: Path, sim_hash: str | None = None) -> None:
+    from neuroscribe.pipeline import open_failures
+
     loaded = load_run(run)
     scores = [s for s in loaded.scores if sim_hash is None or s.config_hash == sim_hash]
-    table = Table(title=f"Explanation scores ({run})")
-    table.add_column("unit")
-    table.add_column("explanation", max_width=60)
-    table.add_column("score", justify="right")
-    table.add_column("95% CI", justify="right")
+    models = {s.unit_id.rsplit("/", 2)[0] for s in scores}
+    # One subject model: name it in the title and show units as layer/index.
+    strip = len(models) == 1 and all(s.unit_id.count("/") >= 2 for s in scores)
+    title = f"Explanation scores · {run}" + (f" · {next(iter(models))}" if strip else "")
+    table = Table(title=title)
+    table.add_column("layer/index" if strip else "unit", no_wrap=True)
+    table.add_column("explanation", ratio=1)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("95% CI", justify="right", no_wrap=True)
     for s in sorted(scores, key=lambda s: (s.unit_id, -s.score)):
+        unit = "/".join(s.unit_id.rsplit("/", 2)[1:]) if strip else s.unit_id
+        text = s.explanation if len(s.explanation) <= 120 else s.explanation[:119] + "…"
         ci = f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}]" if s.ci_low is not None else "—"
-        table.add_row(s.unit_id, s.explanation, f"{s.score:+.3f}", ci)
+        table.add_row(unit, text, f"{s.score:+.3f}", ci)
     console.print(table)
     if scores:
         mean = sum(s.score for s in scores) / len(scores)
         console.print(f"{len(scores)} explanations, mean score {mean:+.3f}")
-    active = [f for f in loaded.failures if f.stage != "record"]
-    if active:
-        console.print(f"[yellow]{len(active)} failures listed in {RunPaths(run).failures}[/]")
+    failures = open_failures(run)
+    if failures:
+        console.print(
+            f"[yellow]{len(failures)} open failures in {RunPaths(run).failures} "
+            "(rerun with --retry-failed to try them again)[/]"
+        )
 
 
 @app.command()
@@ -226,8 +293,16 @@ def explain(
     timeout: TimeoutOpt = 60.0,
     retry_failed: RetryOpt = False,
     quiet: QuietOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_cost: MaxCostOpt = None,
+    dry_run_: DryRunOpt = False,
+    no_cache: NoCacheOpt = False,
+    prices: PricesOpt = None,
 ) -> None:
     """Explain units: the explainer reads each unit's train top excerpts and writes explanations.jsonl."""
+    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
+    check_options(opts, [explainer])
     records = select_units(load_records(run), _patterns(units), max_units)
     settings = ExplainSettings(
         explainer=ExplainerConfig(
@@ -235,6 +310,9 @@ def explain(
         ),
         splits=_splits(n_train, n_test_top, n_test_random),
     )
+    if opts.dry_run:
+        dry_run(console, run, records, opts, explain=(explainer, settings))
+        return
     asyncio.run(
         _explain(
             run,
@@ -247,6 +325,7 @@ def explain(
             concurrency,
             retry_failed,
             quiet,
+            opts,
         )
     )
 
@@ -268,9 +347,21 @@ def simulate(
     timeout: TimeoutOpt = 120.0,
     retry_failed: RetryOpt = False,
     quiet: QuietOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_cost: MaxCostOpt = None,
+    dry_run_: DryRunOpt = False,
+    no_cache: NoCacheOpt = False,
+    prices: PricesOpt = None,
 ) -> None:
     """Simulate explanations: predict every held-out token's activation, write simulations.jsonl."""
+    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
+    check_options(opts, [simulator])
     records = select_units(load_records(run), _patterns(units), max_units)
+    splits = _splits(n_train, n_test_top, n_test_random)
+    if opts.dry_run:
+        dry_run(console, run, records, opts, simulate=(simulator, splits, strategy, sim_examples))
+        return
     asyncio.run(
         _simulate(
             run,
@@ -279,12 +370,13 @@ def simulate(
             api_key,
             timeout,
             records,
-            _splits(n_train, n_test_top, n_test_random),
+            splits,
             strategy,
             concurrency,
             retry_failed,
             quiet,
             sim_examples,
+            opts,
         )
     )
 
@@ -293,7 +385,7 @@ def simulate(
 def score(run: RunArg = DEFAULT_RUN) -> None:
     """Score simulations: correlation (all / top / random), calibrated R², 95% intervals → scores.jsonl."""
     s = score_stage(run)
-    console.print(s.line())
+    finish_stage(console, run, s, None)
     _print_results(run)
 
 
@@ -318,11 +410,30 @@ def run_all(
     timeout: TimeoutOpt = 120.0,
     retry_failed: RetryOpt = False,
     quiet: QuietOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_cost: MaxCostOpt = None,
+    dry_run_: DryRunOpt = False,
+    no_cache: NoCacheOpt = False,
+    prices: PricesOpt = None,
+    record_layers: Annotated[
+        str, typer.Option("--record-layers", help="Layers recorded when the run has no records.")
+    ] = "4,20",
+    record_units: Annotated[
+        int, typer.Option("--record-units", help="MLP neurons per layer recorded then.")
+    ] = 4,
+    record_tokens: Annotated[
+        int, typer.Option("--record-tokens", help="Corpus tokens recorded then.")
+    ] = 16_000,
 ) -> None:
     """Explain, simulate and score in one go (records the embedded model first if the run has none)."""
+    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
+    check_options(opts, [explainer, simulator])
     paths = RunPaths(run)
-    if not paths.records.is_dir() or not any(paths.records.glob("*.jsonl")):
-        _record_default(run, quiet)
+    has_records = paths.records.is_dir() and any(paths.records.glob("*.jsonl"))
+    if not has_records and not opts.dry_run:
+        layers = [int(x) for x in record_layers.split(",") if x.strip()]
+        _record_default(run, layers, record_units, record_tokens)
     records = select_units(load_records(run), _patterns(units), max_units)
     splits = _splits(n_train, n_test_top, n_test_random)
     settings = ExplainSettings(
@@ -331,6 +442,16 @@ def run_all(
         ),
         splits=splits,
     )
+    if opts.dry_run:
+        dry_run(
+            console,
+            run,
+            records,
+            opts,
+            explain=(explainer, settings),
+            simulate=(simulator, splits, strategy, sim_examples),
+        )
+        return
     asyncio.run(
         _explain(
             run,
@@ -343,6 +464,7 @@ def run_all(
             concurrency,
             retry_failed,
             quiet,
+            opts,
         )
     )
     sim_hash = asyncio.run(
@@ -359,26 +481,22 @@ def run_all(
             retry_failed,
             quiet,
             sim_examples,
+            opts,
         )
     )
-    console.print(score_stage(run, sim_config_hash=sim_hash).line())
+    finish_stage(console, run, score_stage(run, sim_config_hash=sim_hash), None)
     _print_results(run, sim_hash)
 
 
-# The offline demo: a few units of two layers over a short slice of the built-in corpus,
-# enough for the default splits (5 train + 5 test + 2 calibration top excerpts).
-DEFAULT_RECORD = {"layers": [4, 20], "max_units": 4, "max_tokens": 16_000}
-
-
-def _record_default(run: Path, quiet: bool) -> None:
+def _record_default(run: Path, layers: list[int], units: int, tokens: int) -> None:
+    """The offline demo's recording: the embedded SmolLM2 over the built-in corpus."""
     from neuroscribe.datasets.record import record_run
 
     console.print(
-        f"{run} has no records: recording {DEFAULT_RECORD['max_units']} MLP neurons of layers "
-        f"{DEFAULT_RECORD['layers']} of the embedded SmolLM2 over the built-in corpus "
-        f"({DEFAULT_RECORD['max_tokens']} tokens)"
+        f"{run} has no records: recording {units} MLP neurons of layers {layers} of the "
+        f"embedded SmolLM2 over {tokens} tokens of the built-in corpus"
     )
-    summary = record_run(run, **DEFAULT_RECORD)
+    summary = record_run(run, layers=layers, max_units=units, max_tokens=tokens)
     console.print(
         f"recorded {summary.n_units} units over {summary.n_tokens} tokens "
         f"in {summary.stream_seconds + summary.finalize_seconds:.0f} s"

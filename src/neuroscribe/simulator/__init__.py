@@ -52,6 +52,11 @@ async def make_simulator(
         "chat-logprobs": ChatLogprobSimulator,
         "json": JsonSimulator,
     }[strategy]
+    if cls is JsonSimulator:
+        # OpenAI, vLLM and Ollama take json_schema; llama.cpp a schema inside json_object.
+        options.setdefault(
+            "json_mode", "json_schema" if probe.get("json_schema") else "json_object"
+        )
     sim = cls(llm, scale_max=scale_max, **options)
     return sim, {**probe, "strategy": strategy, "scale_max": scale_max}
 

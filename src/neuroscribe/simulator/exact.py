@@ -49,8 +49,8 @@ def encode_after(tokenizer: Any, anchor: str, texts: Sequence[str]) -> list[list
     """
     if not texts:
         return []
-    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
-    batch = tokenizer([anchor + t for t in texts], add_special_tokens=False)["input_ids"]
+    anchor_ids = _encode_batch(tokenizer, [anchor])[0]
+    batch = _encode_batch(tokenizer, [anchor + t for t in texts])
     out = []
     for text, ids in zip(texts, batch, strict=True):
         if ids[: len(anchor_ids)] == anchor_ids:
@@ -58,6 +58,15 @@ def encode_after(tokenizer: Any, anchor: str, texts: Sequence[str]) -> list[list
         else:
             out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Ids without special tokens; straight from a fast tokenizer's Rust backend when there
+    is one (the transformers wrapper spends most of its time building per-text dicts)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def value_token_ids(tokenizer: Any, scale_max: int | None = None) -> tuple[int, list[int]]:
@@ -107,9 +116,6 @@ class SimulationIds:
     value_ids: list[int]
     n_examples: int
 
-    def prompt_tokens(self, k: int) -> int:
-        return len(self.prefix) + len(self.excerpts[k].ids)
-
 
 def build_simulation_ids(
     tokenizer: Any,
@@ -137,9 +143,10 @@ def build_simulation_ids(
         if not prompts:
             prompts = [_build_prompt(explanation, [], scale_max=scale_max, n_examples=k)]
         prefix = tokenizer(prompts[0].prefix, add_special_tokens=True)["input_ids"]
-        heads = encode_after(
-            tokenizer, "\n", [p.row_head(i) for p in prompts for i in range(len(p.rows))]
-        )
+        # Tokenise each distinct row once (text repeats " the", ",", ... a lot).
+        distinct = list(dict.fromkeys(p.row_head(i) for p in prompts for i in range(len(p.rows))))
+        head_ids = dict(zip(distinct, encode_after(tokenizer, "\n", distinct), strict=True))
+        heads = [head_ids[p.row_head(i)] for p in prompts for i in range(len(p.rows))]
         suffix = encode_after(tokenizer, "\n", [prompts[0].suffix])[0]
         parts, h = [], 0
         for p in prompts[: len(excerpts)]:
@@ -198,8 +205,20 @@ def head_is_plain_linear(model: Any) -> bool:
         weight, bias = _value_head(model, list(range(min(64, model.config.vocab_size))))
         part = torch.nn.functional.linear(hidden, weight, bias).float()
     ok = bool(torch.allclose(full[: part.shape[0]], part, rtol=1e-3, atol=1e-3))
+    if not ok:
+        log.info("%s scales or caps its logits: the cached path applies the full head", model)
     model._neuroscribe_plain_head = ok
     return ok
+
+
+def supports_cached(model: Any) -> bool:
+    """Whether the model exposes a body (`base_model`) and an output layer to split on.
+
+    Every transformers causal LM we know does; a model that does not is simulated with
+    the naive path (same numbers, slower) rather than refused.
+    """
+    body = getattr(model, "base_model", None)
+    return body is not None and body is not model and model.get_output_embeddings() is not None
 
 
 def slot_logits_naive(model: Any, sim: SimulationIds) -> list[Any]:
@@ -213,7 +232,7 @@ def slot_logits_naive(model: Any, sim: SimulationIds) -> list[Any]:
             ids = torch.tensor([sim.prefix + part.ids], device=device)
             logits = model(input_ids=ids).logits[0]
             rows = [len(sim.prefix) + s for s in part.slots]
-            out.append(logits[rows][:, sim.value_ids].float())
+            out.append(logits[rows][:, sim.value_ids].float().cpu())
     return out
 
 
@@ -275,18 +294,28 @@ def slot_logits_cached(model: Any, sim: SimulationIds, *, batch_size: int = 8) -
     index = [k for k, p in enumerate(sim.excerpts) if p.slots]
     # Similar lengths share a batch, so little compute goes into padding.
     order = sorted(range(len(trimmed)), key=lambda k: len(trimmed[k].ids))
-    out: list[Any] = [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
+    device = next(model.parameters()).device
+    pieces, owners = [], []
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             hidden = batch_forward(model, cache, len(sim.prefix), [trimmed[k] for k in chunk])
-            for j, k in enumerate(chunk):
-                h = hidden[j, trimmed[k].slots]
-                if plain:
-                    logits = torch.nn.functional.linear(h, weight, bias)
-                else:
-                    logits = model.get_output_embeddings()(h)[:, sim.value_ids]
-                out[index[k]] = logits.float()
+            # Gather every slot of the batch at once: one small matmul, no per-excerpt sync.
+            rows = torch.tensor([j for j, k in enumerate(chunk) for _ in trimmed[k].slots])
+            cols = torch.tensor([s for k in chunk for s in trimmed[k].slots])
+            h = hidden[rows.to(device), cols.to(device)]
+            if plain:
+                logits = torch.nn.functional.linear(h, weight, bias)
+            else:
+                logits = model.get_output_embeddings()(h)[:, sim.value_ids]
+            pieces.append(logits.float())
+            owners.extend(index[k] for k in chunk)
+        # One transfer to the CPU, then split back into excerpts in their original order.
+        flat = torch.cat(pieces).cpu()
+    sizes = [len(sim.excerpts[k].slots) for k in owners]
+    out: list[Any] = [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
+    for k, part in zip(owners, flat.split(sizes), strict=True):
+        out[k] = part
     return out
 
 
@@ -299,7 +328,7 @@ def to_simulated(
     values = torch.arange(sim.scale_max + 1, dtype=torch.float32)
     results = []
     for k, value_logits in enumerate(logits):
-        probs = torch.softmax(value_logits.cpu(), dim=-1)
+        probs = torch.softmax(value_logits, dim=-1)
         computed = len(sim.excerpts[k].ids) + (len(sim.prefix) if not cached or k == 0 else 0)
         results.append(
             SimulatedExcerpt(
@@ -396,11 +425,13 @@ class ExactSimulator:
             scale_max=self._scale_max,
         )
         with loaded.lock:
-            if self.mode == "naive":
+            if self.mode == "naive" or not supports_cached(loaded.model):
                 logits = slot_logits_naive(loaded.model, sim)
             else:
                 logits = slot_logits_cached(loaded.model, sim, batch_size=self.batch_size)
-        return to_simulated(sim, logits, cached=self.mode == "cached")
+        return to_simulated(
+            sim, logits, cached=self.mode == "cached" and supports_cached(loaded.model)
+        )
 
     async def simulate(
         self, explanation: str, excerpts: Sequence[Sequence[str]]

@@ -1,0 +1,163 @@
+"""Commands on finished runs: compare, publish, view, serve. Logic lives in the modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from neuroscribe.cli.app import app
+from neuroscribe.errors import ConfigError
+
+console = Console()
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories; the first is the baseline."),
+    per_unit: str = typer.Option(
+        "mean", "--per-unit", help="Score of a unit with several explanations: mean or best."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Compare even if simulators/prompts/excerpts differ."
+    ),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Write a Markdown report."),
+    csv: Path | None = typer.Option(None, "--csv", help="Write the summary numbers as CSV."),
+    html_out: Path | None = typer.Option(None, "--html", help="Write an HTML report."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of score distributions."),
+    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Compare runs that explained the same units (e.g. two explainer models)."""
+    from neuroscribe import compare
+    from neuroscribe.rundir import load_run
+
+    if per_unit not in ("mean", "best"):
+        raise ConfigError(f"--per-unit must be 'mean' or 'best', not {per_unit!r}")
+    c = compare.compare_runs(
+        [load_run(p) for p in runs], per_unit=per_unit, n_resamples=resamples, seed=seed
+    )
+    if c.mismatches and not allow_mismatch:
+        raise ConfigError(
+            "runs are not comparable: "
+            + "; ".join(c.mismatches)
+            + " (pass --allow-mismatch to compare anyway)"
+        )
+    if c.mismatches:
+        console.print(
+            Panel(
+                "\n".join(c.mismatches) + "\nScores of these runs are NOT directly comparable.",
+                title="WARNING",
+                style="bold red",
+            )
+        )
+    for line in compare._header_lines(c):
+        if not line.startswith("MISMATCH"):
+            console.print(line, markup=False, highlight=False)
+    fs = compare.formatted_summary(c)
+    table = Table(title="Explanation scores")
+    table.add_column("run")
+    for col in fs.columns:
+        table.add_column(str(col), justify="right")
+    for idx, row in fs.iterrows():
+        table.add_row(str(idx), *map(str, row.tolist()))
+    console.print(table)
+    layers = Table(title="Mean score by layer")
+    layers.add_column("layer")
+    for col in c.by_layer.columns:
+        layers.add_column(str(col), justify="right")
+    for idx in c.by_layer.index:
+        units = str(c.by_layer.loc[idx, "units"])
+        means = [compare._fmt(float(c.by_layer.loc[idx, r])) for r in c.runs]
+        layers.add_row(str(idx), units, *means)
+    console.print(layers)
+    if markdown:
+        markdown.write_text(compare.to_markdown(c), encoding="utf-8")
+    if csv:
+        compare.write_csv(c, csv)
+    if html_out:
+        html_out.write_text(compare.to_html(c), encoding="utf-8")
+    if plot:
+        compare.plot(c, plot)
+    for label, path in (("markdown", markdown), ("csv", csv), ("html", html_out), ("plot", plot)):
+        if path:
+            console.print(f"wrote {label}: {path}", markup=False, highlight=False)
+
+
+@app.command("publish")
+def publish_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    with_records: bool = typer.Option(False, "--with-records", help="Include the records."),
+    openai_layout: bool = typer.Option(
+        False, "--openai-layout", help="Also write OpenAI's explanations/<layer>/<index>.jsonl."
+    ),
+    allow_failures: bool = typer.Option(
+        False, "--allow-failures", help="Publish even if failures.jsonl has entries."
+    ),
+    license_: str = typer.Option("cc-by-4.0", "--license", help="License in the dataset card."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Also upload to this Hugging Face dataset repo (needs network)."
+    ),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+) -> None:
+    """Write a dataset folder (JSONL + Parquet + dataset card) from a run."""
+    from neuroscribe.publish import publish_run, push_folder_to_hub
+    from neuroscribe.rundir import load_run
+
+    result = publish_run(
+        load_run(run),
+        out,
+        with_records=with_records,
+        openai_layout=openai_layout,
+        allow_failures=allow_failures,
+        license=license_,
+        overwrite=overwrite,
+    )
+    console.print(
+        f"wrote {result.n_rows} explanations of {result.n_units} units to {out}",
+        markup=False,
+        highlight=False,
+    )
+    if push_to_hub:
+        url = push_folder_to_hub(out, push_to_hub, private=private)
+        console.print(f"pushed to {url}", markup=False, highlight=False)
+
+
+@app.command("view")
+def view_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+) -> None:
+    """Write one self-contained HTML report of a run (opens offline)."""
+    from neuroscribe.rundir import load_run
+    from neuroscribe.view import write_report
+
+    n = write_report(load_run(run), out)
+    console.print(f"wrote {out} ({n} units)", markup=False, highlight=False)
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    port: int = typer.Option(8765, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+) -> None:
+    """Serve the report of a (large) run over HTTP on 127.0.0.1, one unit per request."""
+    from neuroscribe.rundir import load_run
+    from neuroscribe.view import make_server
+
+    server = make_server(load_run(run), port=port)
+    host, bound = server.server_address[:2]
+    console.print(
+        f"serving {run} on http://{host}:{bound}/ (Ctrl-C to stop)", markup=False, highlight=False
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,539 @@
+"""`record_run`: run a subject model over a corpus and write NeuronRecord JSONL.
+
+    RUN/records/layer-05.jsonl   one NeuronRecord per line, one file per hook point
+    RUN/manifest.json            subject + stages["record"] (config, corpus, tokens, versions)
+    RUN/.record-checkpoint/      collector state while recording (removed when done)
+
+Everything is written at the end through temporary files and renames, so an error leaves
+no half-written shard. An interrupted recording resumes from its last checkpoint when
+the same command (same configuration) is run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from neuroscribe.datasets.collect import Collector
+from neuroscribe.datasets.corpus import Corpus, open_corpus
+from neuroscribe.datasets.sae import load_sae
+from neuroscribe.datasets.units import (
+    Capture,
+    Subject,
+    UnitSource,
+    build_sources,
+    load_subject,
+    parse_index_spec,
+)
+from neuroscribe.datasets.windows import (
+    TokenStrings,
+    batched,
+    iter_windows,
+    make_batch,
+    special_prefix,
+)
+from neuroscribe.errors import ConfigError, DataError
+from neuroscribe.jsonl import write_json_atomic
+from neuroscribe.schema import ActivationRecord, NeuronRecord, RunManifest, utc_now
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = ".record-checkpoint"
+
+
+class RecordConfig(BaseModel):
+    """Every option of a recording; the defaults are those of `neuroscribe record`."""
+
+    model: str | None = None  # Hub id, local folder, hf:ID, hf:embedded; None = embedded SmolLM2
+    revision: str | None = None
+    layers: list[int] | Literal["all"] | None = None  # None = first, middle and last
+    units: str = "all"  # indices per hook point: "all", "0-31", "0,5,9"
+    max_units: int | None = 128  # with units="all": keep the first N (None/0 = all)
+    unit_type: Literal["mlp", "module", "sae"] = "mlp"
+    module: str | None = None
+    hook: Literal["input", "output"] = "output"
+    sae: str | None = None
+    sae_k: int | None = None
+    corpus: str = "builtin"
+    text_column: str = "text"
+    split: str = "train"
+    max_tokens: int = Field(20_000, ge=1)
+    excerpt_len: int = Field(64, ge=1)
+    min_excerpt_len: int = Field(8, ge=1)
+    n_top: int = Field(20, ge=1)
+    n_random: int = Field(20, ge=0)
+    n_quantiles: int = Field(5, ge=0)
+    per_quantile: int = Field(4, ge=1)
+    pool_size: int = Field(512, ge=1)
+    pool_memory_mb: int = Field(
+        2048, ge=0
+    )  # above this, pool activations are recomputed at the end
+    batch_size: int = Field(8, ge=1)
+    device: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)  # batches between checkpoints
+
+    def result_hash(self) -> str:
+        """Hash of the options that change the records (not device or checkpoint cadence)."""
+        data = self.model_dump(exclude={"device", "checkpoint_every"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RecordProgress:
+    batches: int
+    excerpts: int
+    tokens: int
+    max_tokens: int
+
+
+@dataclass
+class RecordSummary:
+    out: Path
+    files: list[Path]
+    n_units: int
+    n_tokens: int
+    n_excerpts: int
+    stream_seconds: float
+    finalize_seconds: float
+    stream_cpu_seconds: float = 0.0  # process CPU time of the streaming pass (all threads)
+    resumed_from: int = 0  # excerpts already done when resuming
+    skipped: bool = False  # records were already complete
+
+
+def record_run(
+    out: str | Path,
+    config: RecordConfig | None = None,
+    *,
+    progress: Callable[[RecordProgress], None] | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> RecordSummary:
+    """Record units of a subject model into `out/records/*.jsonl` and update the manifest.
+
+    `options` override fields of `config` (see `RecordConfig`), e.g.
+    `record_run("run", layers=[0, 5], max_units=16, max_tokens=20_000)`.
+    `restart` discards a checkpoint; `overwrite` replaces records made with other options.
+    """
+    try:
+        cfg = (config or RecordConfig()).model_copy(update=options)
+        cfg = RecordConfig.model_validate(cfg.model_dump())
+    except ValidationError as e:
+        raise ConfigError(
+            f"bad recording options: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+        ) from None
+    out = Path(out)
+    if cfg.min_excerpt_len > cfg.excerpt_len:
+        cfg = cfg.model_copy(update={"min_excerpt_len": cfg.excerpt_len})
+
+    corpus = open_corpus(cfg.corpus, text_column=cfg.text_column, split=cfg.split)
+    subject = load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype, revision=cfg.revision)
+    sae = load_sae(cfg.sae, k=cfg.sae_k) if cfg.sae else None
+    if sae is not None and cfg.unit_type != "sae":
+        raise ConfigError("--sae needs --unit-type sae")
+    sources = build_sources(
+        subject.model,
+        unit_type=cfg.unit_type,
+        layers=cfg.layers,
+        module=cfg.module,
+        hook=cfg.hook,
+        sae=sae,
+    )
+    if sae is not None:
+        for s in sources:
+            s.sae = sae.to(subject.device, torch.float32)
+    prefix = special_prefix(subject.tokenizer)
+    _probe_widths(subject, sources, prefix, cfg)
+
+    chash = cfg.result_hash()
+    files = [out / "records" / f"{s.file_stem}.jsonl" for s in sources]
+    manifest = _load_manifest(out / "manifest.json")
+    done = manifest.stages.get("record", {}) if manifest else {}
+    if (
+        done.get("config_hash") == chash
+        and done.get("status") == "complete"
+        and all(f.exists() for f in files)
+    ):
+        return RecordSummary(
+            out,
+            files,
+            sum(_n_units(s) for s in sources),
+            done.get("n_tokens", 0),
+            done.get("n_excerpts", 0),
+            0.0,
+            0.0,
+            skipped=True,
+        )
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{existing[0]} already holds records made with other options; "
+            "use a new --out directory or --overwrite"
+        )
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    collector = Collector(
+        [_n_units(s) for s in sources],
+        length=cfg.excerpt_len,
+        n_top=cfg.n_top,
+        pool_size=cfg.pool_size,
+        seed=cfg.seed,
+        device=subject.device,
+        keep_pool_acts=_pool_bytes(cfg, sources) <= cfg.pool_memory_mb * 2**20,
+    )
+    ckpt = out / CHECKPOINT_DIR / "state.pt"
+    resumed = _maybe_resume(ckpt, chash, collector, restart)
+    pad_id = _pad_id(subject.tokenizer)
+    windows = iter_windows(
+        corpus.texts(),
+        subject.tokenizer,
+        length=cfg.excerpt_len,
+        min_length=cfg.min_excerpt_len,
+        max_tokens=cfg.max_tokens,
+    )
+    windows = itertools.islice(windows, collector.n_excerpts, None)
+    capture = Capture(subject.model, sources)
+    with capture:
+        for nb, batch in enumerate(batched(windows, cfg.batch_size), start=1):
+            ids, mask, valid = make_batch(batch, prefix, cfg.excerpt_len, pad_id)
+            acts = capture.run(ids.to(subject.device), mask.to(subject.device))
+            collector.update([a[:, len(prefix) :] for a in acts], valid, batch)
+            if nb % cfg.checkpoint_every == 0:
+                _save_checkpoint(ckpt, chash, collector)
+            if progress is not None:
+                progress(
+                    RecordProgress(nb, collector.n_excerpts, collector.n_tokens, cfg.max_tokens)
+                )
+    if collector.n_excerpts == 0:
+        raise DataError(
+            f"corpus {corpus.spec!r} gave no text to record (empty, or every document "
+            f"shorter than {cfg.min_excerpt_len} tokens)"
+        )
+    t1, c1 = time.perf_counter(), time.process_time()
+
+    records_dir = out / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
+    tmps: list[Path] = []
+    try:
+        _write_records(subject, sources, collector, cfg, prefix, pad_id, files, tmps)
+        for tmp, f in zip(tmps, files, strict=True):
+            os.replace(tmp, f)
+        tmps.clear()
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    t2 = time.perf_counter()
+    _write_manifest(out, manifest, subject, sources, corpus, cfg, chash, collector, files, t2 - t0)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return RecordSummary(
+        out,
+        files,
+        sum(_n_units(s) for s in sources),
+        collector.n_tokens,
+        collector.n_excerpts,
+        t1 - t0,
+        t2 - t1,
+        stream_cpu_seconds=c1 - c0,
+        resumed_from=resumed,
+    )
+
+
+def _pool_bytes(cfg: RecordConfig, sources: list[UnitSource]) -> int:
+    return 4 * cfg.pool_size * cfg.excerpt_len * sum(_n_units(s) for s in sources)
+
+
+def _n_units(s: UnitSource) -> int:
+    assert s.indices is not None
+    return int(s.indices.numel())
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, name, None)
+        if isinstance(v, int):
+            return v
+    return 0
+
+
+def _probe_widths(
+    subject: Subject, sources: list[UnitSource], prefix: list[int], cfg: RecordConfig
+) -> None:
+    """Run two tokens through the model to learn each hook point's width; select units."""
+    raw = [
+        UnitSource(s.label, s.layer_index, s.module_path, s.hook, s.unit_type, s.file_stem)
+        for s in sources
+    ]
+    probe_ids = subject.tokenizer("The", add_special_tokens=False)["input_ids"][:1] or [0]
+    ids = torch.tensor([prefix + probe_ids * 2], device=subject.device)
+    with Capture(subject.model, raw) as cap:
+        shapes = [a.shape[-1] for a in cap.run(ids, torch.ones_like(ids))]
+    for s, width in zip(sources, shapes, strict=True):
+        if s.sae is not None:
+            if s.sae.d_in != width:
+                raise ConfigError(
+                    f"SAE {cfg.sae} reads {s.sae.d_in}-dim inputs but {s.module_path} "
+                    f"({s.hook}) has {width} dimensions"
+                )
+            width = s.sae.d_sae
+        picked = parse_index_spec(cfg.units, width, what="unit")
+        chosen = picked if picked is not None else list(range(width))
+        if cfg.max_units and picked is None:  # an explicit --units list is kept whole
+            chosen = chosen[: cfg.max_units]
+        s.width = width
+        s.indices = torch.tensor(chosen, dtype=torch.long, device=subject.device)
+
+
+def _load_manifest(path: Path) -> RunManifest | None:
+    if not path.exists():
+        return None
+    try:
+        return RunManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        raise DataError(f"{path}: invalid run manifest ({e.errors()[0]['msg']})") from None
+
+
+def _save_checkpoint(path: Path, chash: str, collector: Collector) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"config_hash": chash, "collector": collector.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _maybe_resume(path: Path, chash: str, collector: Collector, restart: bool) -> int:
+    if not path.exists():
+        return 0
+    if restart:
+        path.unlink()
+        return 0
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # a truncated pickle raises several types
+        raise DataError(f"{path}: unreadable checkpoint ({e}); rerun with --restart") from None
+    if state.get("config_hash") != chash:
+        raise ConfigError(
+            f"{path} is a checkpoint of a recording with other options; "
+            "rerun with the same options to resume, or with --restart to start over"
+        )
+    collector.load_state_dict(state["collector"])
+    log.info("resuming recording after %d excerpts", collector.n_excerpts)
+    return collector.n_excerpts
+
+
+def _gather_pool(collector: Collector, group: int, need: torch.Tensor) -> np.ndarray:
+    """[U, P, L] activations of the pool slots need [U, P] (-1 = none) from the kept pool."""
+    acts = collector.groups[group].pool_acts
+    assert acts is not None
+    u = torch.arange(need.shape[0], device=acts.device)[:, None].expand_as(need)
+    slots = need.clamp(min=0).to(acts.device)
+    return acts[slots, :, u].cpu().numpy()  # [U, P, L]
+
+
+def _rerun_pool(
+    subject: Subject,
+    sources: list[UnitSource],
+    collector: Collector,
+    needs: list[torch.Tensor],
+    prefix: list[int],
+    pad_id: int,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Per-token activations [U, P, L] of the pool excerpts each unit needs (slots in needs[g] [U, P])."""
+    length = collector.length
+    union = sorted({int(s) for n in needs for s in n.flatten().tolist() if s >= 0})
+    pos_of = torch.full((max(len(collector.pool_tokens), 1),), -1, dtype=torch.long)
+    for p, slot in enumerate(union):
+        pos_of[slot] = p
+    need_pos = [torch.where(n >= 0, pos_of[n.clamp(min=0)], -1) for n in needs]
+    outs = [torch.zeros((n.shape[0], n.shape[1], length)) for n in needs]
+    with Capture(subject.model, sources) as cap:
+        for a in range(0, len(union), batch_size):
+            slots = union[a : a + batch_size]
+            ids, mask, _ = make_batch(
+                [collector.pool_tokens[s].tolist() for s in slots], prefix, length, pad_id
+            )
+            acts = cap.run(ids.to(subject.device), mask.to(subject.device))
+            for g, act in enumerate(acts):
+                act = act[:, len(prefix) :].cpu()
+                npos = need_pos[g]
+                m = (npos >= a) & (npos < a + len(slots))
+                us, ps = m.nonzero(as_tuple=True)
+                if us.numel():
+                    outs[g][us, ps] = act[npos[us, ps] - a, :, us]
+    return [o.numpy() for o in outs]
+
+
+def _write_records(
+    subject: Subject,
+    sources: list[UnitSource],
+    collector: Collector,
+    cfg: RecordConfig,
+    prefix: list[int],
+    pad_id: int,
+    files: list[Path],
+    tmps: list[Path],
+) -> None:
+    strings = TokenStrings(subject.tokenizer)
+    selections = [
+        collector.select_from_pool(
+            g,
+            n_random=cfg.n_random,
+            n_quantiles=cfg.n_quantiles,
+            per_quantile=cfg.per_quantile,
+            seed=cfg.seed,
+        )
+        for g in range(len(sources))
+    ]
+    needs = [torch.cat([rand, quant.flatten(1)], dim=1) for rand, quant, _ in selections]
+    if collector.keep_pool_acts:
+        pool_acts = [_gather_pool(collector, g, n) for g, n in enumerate(needs)]
+    else:
+        pool_acts = _rerun_pool(subject, sources, collector, needs, prefix, pad_id, cfg.batch_size)
+    pool_text = [strings(t.tolist()) for t in collector.pool_tokens]
+
+    for g, (src, path) in enumerate(zip(sources, files, strict=True)):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmps.append(tmp)
+        stats = collector.statistics(g)
+        _, top_ids, top_acts = collector.top(g)
+        top_ids_np = top_ids.cpu().numpy()
+        top_acts_np = top_acts.cpu().numpy()
+        rand, quant, bounds = selections[g]
+        n_rand = rand.shape[1]
+        assert src.indices is not None
+        with tmp.open("w", encoding="utf-8") as f:
+            for j, index in enumerate(src.indices.tolist()):
+                top = []
+                for r in range(top_ids_np.shape[1]):
+                    eid = int(top_ids_np[j, r])
+                    if eid < 0:
+                        break
+                    toks = collector.tokens[eid]
+                    top.append(_excerpt(strings(toks.tolist()), top_acts_np[j, r, : len(toks)]))
+
+                def pooled(p: int, slot: int, g: int = g, j: int = j) -> ActivationRecord:
+                    text = pool_text[slot]
+                    return _excerpt(text, pool_acts[g][j, p, : len(text)])
+
+                random_sample = [pooled(p, int(s)) for p, s in enumerate(rand[j].tolist())]
+                by_q = None
+                if cfg.n_quantiles > 0:
+                    by_q = [
+                        [
+                            pooled(n_rand + q * cfg.per_quantile + i, s)
+                            for i, s in enumerate(row)
+                            if s >= 0
+                        ]
+                        for q, row in enumerate(quant[j].tolist())
+                    ]
+                record = NeuronRecord(
+                    unit_id=f"{subject.name}/{src.label}/{index}",
+                    model=subject.name,
+                    layer=src.label,
+                    index=index,
+                    most_positive_activation_records=top,
+                    random_sample=random_sample,
+                    random_sample_by_quantile=by_q,
+                    quantile_boundaries=bounds[j].tolist() if by_q is not None else None,
+                    **{k: _finite(v[j]) for k, v in stats.items()},
+                    unit_type=src.unit_type,
+                    module=src.module_path,
+                    hook=src.hook,
+                    layer_index=src.layer_index,
+                )
+                f.write(record.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _excerpt(tokens: list[str], acts: np.ndarray) -> ActivationRecord:
+    return ActivationRecord(tokens=tokens, activations=acts.astype(np.float64).tolist())
+
+
+def _finite(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("neuroscribe", "torch", "transformers", "numpy", "datasets", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_manifest(
+    out: Path,
+    manifest: RunManifest | None,
+    subject: Subject,
+    sources: list[UnitSource],
+    corpus: Corpus,
+    cfg: RecordConfig,
+    chash: str,
+    collector: Collector,
+    files: list[Path],
+    seconds: float,
+) -> None:
+    versions = _versions()
+    manifest = manifest or RunManifest(package_version=versions.get("neuroscribe", ""))
+    config = subject.model.config
+    manifest.subject = {
+        "model": subject.name,
+        "source": subject.source,
+        "revision": subject.revision,
+        "model_type": getattr(config, "model_type", None),
+        "n_layers": getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None),
+        "dtype": cfg.dtype,
+    }
+    manifest.stages["record"] = {
+        "status": "complete",
+        "config_hash": chash,
+        "config": cfg.model_dump(),
+        "units": [
+            {
+                "layer": s.label,
+                "unit_type": s.unit_type,
+                "module": s.module_path,
+                "hook": s.hook,
+                "width": s.width,
+                "n_units": _n_units(s),
+                "file": str(f.relative_to(out)),
+                **(
+                    {"sae": cfg.sae, "sae_activation": s.sae.activation}
+                    if s.sae is not None
+                    else {}
+                ),
+            }
+            for s, f in zip(sources, files, strict=True)
+        ],
+        "corpus": corpus.describe(),
+        "n_tokens": collector.n_tokens,
+        "n_excerpts": collector.n_excerpts,
+        "excluded_prefix_tokens": len(special_prefix(subject.tokenizer)),
+        "seed": cfg.seed,
+        "device": str(subject.device),
+        "seconds": round(seconds, 2),
+        "versions": versions,
+        "finished_at": utc_now(),
+    }
+    manifest.updated_at = utc_now()
+    write_json_atomic(out / "manifest.json", manifest)

@@ -1,0 +1,257 @@
+"""The one owner of concurrency, rate limits and retries for LLM calls.
+
+`CallLimits.run(fn, tokens=...)` runs one request under a concurrency semaphore and
+requests-per-minute / tokens-per-minute token buckets, and retries it with `tenacity`
+(exponential backoff with full jitter, honouring `Retry-After` / `retry-after-ms`,
+capped) when it raises a `TransientError` (429, 5xx, timeouts, dropped connections,
+truncated or invalid bodies). Any other exception — a 400, a 401, a wrong model — is
+raised at once. The backends translate their SDK's exceptions into these types, so
+this module knows nothing about HTTP libraries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from neuroscribe.errors import LLMError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TransientError(LLMError):
+    """A failure worth retrying; `retry_after_s` is the server's hint, if it gave one."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ):
+        super().__init__(message, status=status, retryable=True)
+        self.retry_after_s = retry_after_s
+
+
+# --------------------------------------------------------------------------- secrets
+
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9]*-?)[A-Za-z0-9_\-*]{6,}")
+
+
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove every secret (and anything that looks like an `sk-` key) from `text`."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEYLIKE.sub(r"\1***", text)
+
+
+class ScrubFilter(logging.Filter):
+    """A logging filter that scrubs secrets from every record passing through a logger."""
+
+    def __init__(self, secrets: Iterable[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = scrub(msg, self.secrets)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+# --------------------------------------------------------------------------- Retry-After
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `Retry-After` (seconds or HTTP date), or None."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    ms = get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(ra).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class TokenBucket:
+    """An async token bucket refilled continuously at `per_minute` units per minute.
+
+    `acquire(n)` waits until n units are available (requests larger than the capacity
+    wait for a full bucket, then drive it negative, so one huge request cannot block
+    forever). `charge(n)` takes units after the fact (e.g. tokens the estimate missed),
+    possibly going into debt that later callers wait out.
+    """
+
+    def __init__(self, per_minute: float, *, capacity: float | None = None, clock=time.monotonic):
+        if per_minute <= 0:
+            raise ValueError("a rate limit must be positive")
+        self.rate = per_minute / 60.0
+        self.capacity = float(capacity if capacity is not None else per_minute)
+        self._clock = clock
+        self._level = self.capacity
+        self._last = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._last) * self.rate)
+        self._last = now
+
+    async def acquire(self, n: float = 1.0) -> None:
+        # The lock makes waiters queue in arrival order (fair), so no one starves.
+        async with self._lock:
+            need = min(n, self.capacity)
+            while True:
+                self._refill()
+                if self._level >= need:
+                    self._level -= n
+                    return
+                await asyncio.sleep((need - self._level) / self.rate)
+
+    def charge(self, n: float) -> None:
+        self._refill()
+        self._level -= n
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how long to retry transient failures.
+
+    Waits are `uniform(0, min(max_wait_s, base_s * 2**attempt))` (full jitter); when the
+    server sends Retry-After the wait is that value (capped at `max_wait_s`) plus a little
+    jitter so that concurrent callers do not return in lockstep.
+    """
+
+    max_attempts: int = 6
+    base_s: float = 0.5
+    max_wait_s: float = 60.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hint = getattr(exc, "retry_after_s", None)
+        if hint is not None:
+            return min(self.max_wait_s, hint) + random.uniform(0, 0.1 * max(hint, 0.1))
+        ceiling = min(self.max_wait_s, self.base_s * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, ceiling)
+
+
+class CallLimits:
+    """Concurrency, rpm/tpm limits and retries for one backend (shared by all its calls)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        retry: RetryPolicy | None = None,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+        self._loop: object | None = None
+        self.rpm = TokenBucket(rpm) if rpm else None
+        self.tpm = TokenBucket(tpm) if tpm else None
+        self.retry = retry or RetryPolicy()
+        self.attempts = 0  # every attempt made (first tries and retries)
+        self.retries = 0  # attempts after a transient failure
+
+    async def run(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        tokens: int = 0,
+        describe: str = "request",
+    ) -> T:
+        """Run `fn` under the limits, retrying transient failures; returns its result.
+
+        `tokens` is the caller's estimate of the request's tokens (prompt + max output)
+        for the tokens-per-minute bucket (the backend charges the difference to
+        `self.tpm` once the real usage is known).
+        """
+        self._bind_loop()
+        last: TransientError | None = None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.max_attempts),
+            wait=self.retry.wait,
+            retry=retry_if_exception_type(TransientError),
+            reraise=True,
+            before_sleep=self._before_sleep(describe),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    self.attempts += 1
+                    if attempt.retry_state.attempt_number > 1:
+                        self.retries += 1
+                    if self.rpm:
+                        await self.rpm.acquire(1)
+                    if self.tpm and tokens:
+                        await self.tpm.acquire(tokens)
+                    async with self._sem:
+                        return await fn()
+        except TransientError as exc:
+            last = exc
+        assert last is not None
+        raise LLMError(
+            f"{describe} failed after {self.retry.max_attempts} attempts: {last}",
+            status=last.status,
+            retryable=True,
+        ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bind_loop(self) -> None:
+        # asyncio primitives belong to one event loop; a backend reused across several
+        # `asyncio.run` calls gets fresh ones (rate-limit levels carry over).
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._sem = asyncio.Semaphore(self.concurrency)
+            for bucket in (self.rpm, self.tpm):
+                if bucket is not None:
+                    bucket._lock = asyncio.Lock()
+
+    @staticmethod
+    def _before_sleep(describe: str) -> Callable[[RetryCallState], None]:
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            # exc text is already scrubbed by the backend that raised it
+            log.info(
+                "%s: attempt %d failed (%s); retrying in %.2f s",
+                describe,
+                state.attempt_number,
+                exc,
+                wait,
+            )
+
+        return log_retry

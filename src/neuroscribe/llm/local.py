@@ -1,0 +1,387 @@
+"""The local backend: a `transformers` causal LM behind the `LLM` interface.
+
+Named `hf:<hub id or folder>` (`hf:embedded` is the embedded SmolLM2). A model is loaded
+once per (path, device, dtype) and shared, so an explainer and an exact simulator that
+name the same spec use one copy of the weights. Torch work is blocking, so each call
+runs in a worker thread; a per-model lock keeps concurrent calls from interleaving on
+the model (one forward pass at a time is also what a CPU can usefully do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuroscribe.errors import ConfigError, LLMError
+from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX, Completion, LLMResponse, TokenLogprob
+from neuroscribe.schema import Usage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_local_spec(spec: str) -> str:
+    """The folder or hub id a local spec names: `hf:embedded` → the embedded model's folder.
+
+    A bare name is never local (it names a model on the API endpoint), so it is refused.
+    """
+    if not spec.startswith(LOCAL_PREFIX):
+        raise ConfigError(
+            f"{spec!r} is not a local model spec; local models are named hf:<hub id or folder> "
+            f"(or {EMBEDDED_SPEC})"
+        )
+    target = spec[len(LOCAL_PREFIX) :].strip()
+    if not target:
+        raise ConfigError(f"empty local model spec {spec!r}: use hf:<hub id or folder>")
+    if spec == EMBEDDED_SPEC:
+        from neuroscribe.embedded import embedded_model_dir
+
+        return str(embedded_model_dir())
+    path = Path(target).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(
+                f"{path} has no config.json, so it is not a transformers model folder"
+            )
+        return str(path.resolve())
+    return target
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_dtype(dtype: str | None, device: str) -> Any:
+    import torch
+
+    if dtype is None:
+        # float32 on CPU (bf16 matmuls are slow there and blur logprobs); bf16 on GPUs.
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
+
+
+@dataclass
+class LocalModel:
+    """A loaded model with its tokenizer, device and the lock that serialises its use."""
+
+    path: str
+    model: Any
+    tokenizer: Any
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest sequence the model was built for (`max_position_embeddings`)."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+
+_MODELS: dict[tuple[str, str, str], LocalModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_local_model(
+    spec: str, *, device: str | None = None, dtype: str | None = None
+) -> LocalModel:
+    """Load (once per path, device and dtype) the model a `hf:` spec names."""
+    path = resolve_local_spec(spec)
+    device = device or default_device()
+    torch_dtype = _torch_dtype(dtype, device)
+    key = (path, device, str(torch_dtype))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load(path, device, torch_dtype)
+        return _MODELS[key]
+
+
+def register_local_model(spec: str, model: Any, tokenizer: Any) -> LocalModel:
+    """Put an already built model in the cache under `spec` (tests, notebooks)."""
+    device = str(next(model.parameters()).device)
+    model.eval()
+    loaded = LocalModel(path=spec, model=model, tokenizer=tokenizer, device=device)
+    with _MODELS_LOCK:
+        _MODELS[(spec, device, str(next(model.parameters()).dtype))] = loaded
+    return loaded
+
+
+def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Read at call time (huggingface_hub reads it once, at import), so a hub id fails
+    # fast instead of retrying the network when the user said there is none.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, local_files_only=offline
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot load local model {path!r}: {e}. Give a local folder, or a hub id that is "
+            "in the Hugging Face cache when there is no network"
+        ) from e
+    model.to(device)
+    model.eval()
+    return LocalModel(path=path, model=model, tokenizer=tokenizer, device=device)
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; says whether one was found."""
+    cut = len(text)
+    for s in stop or []:
+        if s:
+            i = text.find(s)
+            if 0 <= i < cut:
+                cut = i
+    return text[:cut], cut < len(text)
+
+
+class LocalLLM:
+    """A local `transformers` model answering chat and completion requests.
+
+    `LocalLLM("hf:embedded")`, `LocalLLM("hf:gpt2")`, `LocalLLM("hf:/path/to/model")`.
+    Usage counts real tokens; `cost_usd` stays None (local compute is not priced).
+    `response_format` is not enforced: the request is answered as plain text and the
+    caller's parser validates it (JSON-constrained decoding is not implemented).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        loaded: LocalModel | None = None,
+    ):
+        self.spec = spec
+        self._device = device
+        self._dtype = dtype
+        self._loaded = loaded
+
+    @property
+    def loaded(self) -> LocalModel:
+        """The shared loaded model (loads it on first use)."""
+        if self._loaded is None:
+            self._loaded = load_local_model(self.spec, device=self._device, dtype=self._dtype)
+        return self._loaded
+
+    # -- the LLM interface -------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 60,
+        top_logprobs: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        stop: list[str] | None = None,
+    ) -> LLMResponse:
+        loaded = await asyncio.to_thread(lambda: self.loaded)
+        ids = chat_prompt_ids(loaded.tokenizer, messages)
+        return await asyncio.to_thread(
+            self._locked,
+            _generate,
+            loaded,
+            ids,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            top_logprobs=top_logprobs,
+            stop=stop,
+        )
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 60,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stop: list[str] | None = None,
+    ) -> LLMResponse:
+        loaded = await asyncio.to_thread(lambda: self.loaded)
+        ids = loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        response = await asyncio.to_thread(
+            self._locked,
+            _generate,
+            loaded,
+            ids,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            top_logprobs=logprobs,
+            stop=stop,
+        )
+        if echo:
+            prompt_tokens = None
+            if logprobs is not None:
+                prompt_tokens = await asyncio.to_thread(
+                    self._locked, _prompt_logprobs, loaded, ids, logprobs
+                )
+            for c in response.choices:
+                c.text = prompt + c.text
+                c.prompt_tokens = prompt_tokens
+        return response
+
+    async def aclose(self) -> None:
+        # The weights stay in the shared cache: another LLM or simulator may use them.
+        return None
+
+    def _locked(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.loaded.lock:
+            return fn(*args, **kwargs)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat: the tokenizer's chat template, else the contents joined as text."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The template writes the special tokens itself.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def _token_logprob(tokenizer: Any, logprobs: Any, token_id: int, k: int | None) -> TokenLogprob:
+    """One position: the chosen token's logprob and its top-k alternatives."""
+    top: dict[str, float] = {}
+    if k:
+        values, indices = logprobs.topk(k)
+        for v, i in zip(values.tolist(), indices.tolist(), strict=True):
+            top.setdefault(tokenizer.decode([i]), v)
+    return TokenLogprob(
+        token=tokenizer.decode([token_id]), logprob=float(logprobs[token_id]), top_logprobs=top
+    )
+
+
+def _generate(
+    loaded: LocalModel,
+    ids: list[int],
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    top_logprobs: int | None,
+    stop: list[str] | None,
+) -> LLMResponse:
+    """n completions of one prompt in one batched `generate` (greedy when temperature is 0)."""
+    import torch
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if n < 1:
+        raise LLMError(f"n must be at least 1, got {n}")
+    context = loaded.max_context
+    if context is not None and len(ids) + max_tokens > context:
+        from neuroscribe.prompts import PromptTooLong
+
+        raise PromptTooLong(
+            f"a {len(ids)}-token prompt plus {max_tokens} new tokens exceeds the "
+            f"{context}-token context of {loaded.path}"
+        )
+    usage = Usage(prompt_tokens=len(ids), requests=1)
+    if max_tokens <= 0:
+        return LLMResponse(choices=[Completion(text="", finish_reason="length")], usage=usage)
+
+    greedy = temperature <= 0
+    # Greedy decoding gives the same answer every time: decode once and copy it.
+    n_run = 1 if greedy else n
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_tokens,
+        "num_return_sequences": n_run,
+        "do_sample": not greedy,
+        "pad_token_id": pad,
+        "eos_token_id": eos or None,
+        "return_dict_in_generate": True,
+        "output_logits": bool(top_logprobs),
+    }
+    if greedy:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    else:
+        # Plain temperature sampling (OpenAI semantics), whatever the model's defaults say.
+        kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+    if stop:
+        kwargs.update(stop_strings=[s for s in stop if s], tokenizer=tokenizer)
+    input_ids = torch.tensor([ids], device=loaded.device)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+        )
+    new = out.sequences[:, len(ids) :].tolist()
+    logits = (
+        torch.stack(out.logits, dim=1).float().log_softmax(-1) if top_logprobs else None
+    )  # (n_run, new tokens, vocab)
+
+    choices = []
+    for j, seq in enumerate(new):
+        end = len(seq)
+        finish = "length"
+        for t, tid in enumerate(seq):
+            if tid in eos:
+                end, finish = t, "stop"
+                break
+        usage.completion_tokens += min(end + 1, len(seq)) if finish == "stop" else end
+        text, stopped = cut_at_stop(tokenizer.decode(seq[:end], skip_special_tokens=True), stop)
+        if stopped:
+            finish = "stop"
+        tokens = None
+        if logits is not None:
+            tokens = []
+            for t in range(end):
+                if len(tokenizer.decode(seq[:t], skip_special_tokens=True)) >= len(text):
+                    break  # the rest lies behind a stop string
+                tokens.append(_token_logprob(tokenizer, logits[j, t], seq[t], top_logprobs))
+        choices.append(Completion(text=text, finish_reason=finish, tokens=tokens))
+    if greedy and n > 1:
+        first = choices[0]
+        choices = [Completion(first.text, first.finish_reason, first.tokens) for _ in range(n)]
+    return LLMResponse(choices=choices, usage=usage)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            value = [value]
+        for v in value or []:
+            if v not in ids:
+                ids.append(v)
+    return ids
+
+
+def _prompt_logprobs(loaded: LocalModel, ids: list[int], k: int) -> list[TokenLogprob]:
+    """Logprobs of the prompt's own tokens: entry i is the distribution *for* token i."""
+    import torch
+
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0]
+    logprobs = logits.float().log_softmax(-1)
+    tok = loaded.tokenizer
+    result = [TokenLogprob(token=tok.decode([ids[0]]))]  # nothing predicts the first token
+    for i in range(1, len(ids)):
+        result.append(_token_logprob(tok, logprobs[i - 1], ids[i], k))
+    return result

@@ -1,0 +1,315 @@
+"""The report page: one HTML document with inline CSS and script, no network needed.
+
+Safety: every string from the run (tokens, explanations, unit ids) is untrusted. The data
+travels as JSON inside `<script type="application/json">` with `<`, `>` and `&` written
+as \\u003c, \\u003e and \\u0026 (so no `</script>` can close the block), and the script
+renders it only through `textContent` and DOM properties, never `innerHTML`. A
+Content-Security-Policy allows exactly this page's script (by hash), so even an injected
+`<img onerror=...>` could not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from typing import Any
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2230;background:#f6f7fb}
+header{padding:12px 20px;background:#1d2a44;color:#fff}
+header h1{font-size:18px;margin:0 0 4px}
+header p{margin:0;font-size:13px;opacity:.85}
+main{display:grid;grid-template-columns:minmax(360px,42%) 1fr;gap:16px;padding:16px 20px}
+section{background:#fff;border:1px solid #dde1ea;border-radius:8px;padding:12px;min-width:0}
+.controls{display:flex;gap:8px;margin-bottom:8px;flex-wrap:wrap;align-items:center}
+.controls input{padding:5px 8px;border:1px solid #c5cad6;border-radius:5px;font-size:13px}
+#filter{flex:1;min-width:140px}
+#min-score{width:90px}
+#count{font-size:12px;color:#667}
+.list-wrap{max-height:calc(100vh - 170px);overflow:auto}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th{position:sticky;top:0;background:#eef1f7;text-align:left;padding:5px 6px;cursor:pointer;
+   user-select:none;white-space:nowrap;border-bottom:1px solid #c5cad6}
+th[aria-sort=ascending]::after{content:" ▲"}
+th[aria-sort=descending]::after{content:" ▼"}
+td{padding:4px 6px;border-bottom:1px solid #eef0f4;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.text{max-width:320px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+tr.unit-row{cursor:pointer}
+tr.unit-row:hover{background:#f3f6ff}
+tr.unit-row.selected{background:#dfe8ff}
+#detail h2{font-size:17px;margin:0 0 4px;word-break:break-all}
+.muted{color:#667;font-size:12px;margin:2px 0 8px}
+.legend{font-size:12px;margin:4px 0 10px}
+.legend span{display:inline-block;padding:0 6px;margin-right:8px;border-radius:3px}
+details.explanation{border:1px solid #e3e6ee;border-radius:6px;margin:8px 0;padding:6px 10px}
+details.explanation summary{cursor:pointer;font-size:14px}
+.score-badge{display:inline-block;min-width:52px;text-align:center;font-weight:600;
+   border-radius:4px;padding:1px 6px;margin-right:8px;background:#eef1f7;font-variant-numeric:tabular-nums}
+.explanation-text{white-space:pre-wrap}
+.excerpt{margin:8px 0 10px;padding-left:8px;border-left:3px solid #e3e6ee}
+.excerpt-head{font-size:11px;color:#778;margin-bottom:2px}
+.tok-row{display:flex;align-items:flex-start;gap:6px;margin:1px 0}
+.row-label{flex:0 0 62px;font-size:11px;color:#778;padding-top:2px}
+.tokens{flex:1;min-width:0;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;
+   font-size:12.5px;line-height:1.7;overflow-wrap:anywhere}
+.tok{white-space:pre-wrap;border-radius:2px;padding:1px 0}
+.tok:hover{outline:1px solid #333}
+.error{color:#b00020}
+"""
+
+APP_JS = r"""
+"use strict";
+(function () {
+  const MODE = document.body.dataset.mode;
+  const TRUE_RGB = "255,122,0";
+  const SIM_RGB = "40,110,255";
+  const MAX_ROWS = 2000;
+  const COLUMNS = [
+    ["unit_id", "unit", "text"], ["layer", "layer", "num"], ["index", "index", "num"],
+    ["best_score", "best", "num"], ["mean_score", "mean", "num"],
+    ["n_explanations", "#", "num"], ["best_explanation", "best explanation", "text"],
+  ];
+  const state = { units: [], meta: null, sortKey: "best_score", sortDir: -1, q: "", minScore: null,
+                  selected: null, embedded: null, index: null };
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function fmt(v, d) {
+    return (v === null || v === undefined) ? "–" : Number(v).toFixed(d === undefined ? 3 : d);
+  }
+  function embedded() {
+    if (!state.embedded) {
+      state.embedded = JSON.parse(document.getElementById("report-data").textContent);
+      state.index = new Map(state.embedded.units.map((u, i) => [u.unit_id, i]));
+    }
+    return state.embedded;
+  }
+  async function getJSON(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+    return r.json();
+  }
+  async function loadUnits() {
+    return MODE === "server" ? getJSON("api/units") : embedded();
+  }
+  async function loadUnit(id) {
+    if (MODE === "server") return getJSON("api/unit?id=" + encodeURIComponent(id));
+    const d = embedded();
+    if (!state.index.has(id)) throw new Error("unknown unit " + id);
+    return d.details[state.index.get(id)];
+  }
+
+  function compareValues(x, y) {
+    if (typeof x === "number" && typeof y === "number") return x - y;
+    return String(x).localeCompare(String(y), undefined, { numeric: true });
+  }
+  function visibleUnits() {
+    const q = state.q.toLowerCase();
+    let rows = state.units.filter((u) => {
+      if (state.minScore !== null && !(u.best_score !== null && u.best_score >= state.minScore)) return false;
+      if (!q) return true;
+      if (u.unit_id.toLowerCase().includes(q)) return true;
+      return u.explanations.some((t) => t.toLowerCase().includes(q));
+    });
+    const k = state.sortKey, dir = state.sortDir;
+    rows.sort((a, b) => {
+      const x = a[k], y = b[k];
+      const xn = x === null || x === undefined, yn = y === null || y === undefined;
+      if (xn || yn) return xn === yn ? 0 : (xn ? 1 : -1);  // missing values always last
+      return dir * compareValues(x, y);
+    });
+    return rows;
+  }
+
+  function renderHead() {
+    const tr = document.querySelector("#units thead tr");
+    tr.replaceChildren();
+    for (const [key, label] of COLUMNS) {
+      const th = el("th", null, label);
+      th.dataset.key = key;
+      if (key === state.sortKey) th.setAttribute("aria-sort", state.sortDir > 0 ? "ascending" : "descending");
+      th.addEventListener("click", () => {
+        if (state.sortKey === key) state.sortDir = -state.sortDir;
+        else { state.sortKey = key; state.sortDir = ["unit_id", "layer", "index", "best_explanation"].includes(key) ? 1 : -1; }
+        renderHead(); renderRows();
+      });
+      tr.append(th);
+    }
+  }
+  function renderRows() {
+    const rows = visibleUnits();
+    const body = document.querySelector("#units tbody");
+    body.replaceChildren();
+    for (const u of rows.slice(0, MAX_ROWS)) {
+      const tr = el("tr", "unit-row");
+      tr.dataset.unitId = u.unit_id;
+      if (u.unit_id === state.selected) tr.classList.add("selected");
+      for (const [key, , kind] of COLUMNS) {
+        const v = u[key];
+        const td = el("td", kind, key.endsWith("_score") ? fmt(v) : (v ?? "–"));
+        td.dataset.key = key;
+        if (kind === "text") td.title = String(v ?? "");
+        tr.append(td);
+      }
+      tr.addEventListener("click", () => { location.hash = "unit=" + encodeURIComponent(u.unit_id); });
+      body.append(tr);
+    }
+    const shown = Math.min(rows.length, MAX_ROWS);
+    document.getElementById("count").textContent =
+      rows.length + " of " + state.units.length + " units" + (shown < rows.length ? " (first " + shown + " shown)" : "");
+  }
+
+  function tokenRow(label, kind, tokens, values, max, rgb, suffix) {
+    const row = el("div", "tok-row " + kind);
+    row.append(el("span", "row-label", label));
+    const line = el("span", "tokens");
+    tokens.forEach((t, i) => {
+      const v = values[i];
+      const s = el("span", "tok", String(t).replace(/\n/g, "\u21b5"));
+      const a = (v === null || v === undefined || !(max > 0)) ? 0 : Math.max(0, Math.min(1, v / max));
+      s.style.backgroundColor = "rgba(" + rgb + "," + a.toFixed(3) + ")";
+      s.dataset.value = v === null || v === undefined ? "" : String(v);
+      s.title = JSON.stringify(String(t)) + " \u00b7 " + label + " " + fmt(v) + suffix;
+      line.append(s);
+    });
+    row.append(line);
+    return row;
+  }
+  function excerptView(ex, u) {
+    const box = el("div", "excerpt");
+    box.dataset.excerptId = ex.excerpt_id;
+    box.append(el("div", "excerpt-head", ex.excerpt_id + " \u00b7 " + ex.kind + " \u00b7 " + ex.role));
+    box.append(tokenRow("true", "true-row", ex.tokens, ex.true, u.true_max, TRUE_RGB, ""));
+    if (ex.simulated) box.append(tokenRow("simulated", "sim-row", ex.tokens, ex.simulated, u.scale_max, SIM_RGB, " / " + u.scale_max));
+    return box;
+  }
+  async function showUnit(id) {
+    state.selected = id;
+    for (const tr of document.querySelectorAll("tr.unit-row")) tr.classList.toggle("selected", tr.dataset.unitId === id);
+    const panel = document.getElementById("detail");
+    panel.replaceChildren(el("p", "muted", "loading…"));
+    let u;
+    try { u = await loadUnit(id); } catch (e) { panel.replaceChildren(el("p", "error", e.message)); return; }
+    panel.replaceChildren();
+    panel.dataset.unitId = u.unit_id;
+    panel.append(el("h2", "unit-title", u.unit_id));
+    panel.append(el("p", "muted", "model " + (u.model ?? "?") + " \u00b7 layer " + (u.layer ?? "?") + " \u00b7 index " +
+      (u.index ?? "?") + " \u00b7 max activation " + fmt(u.max_activation ?? u.true_max) + " \u00b7 " + u.explanations.length + " explanation(s)"));
+    const legend = el("div", "legend");
+    const lt = el("span", null, "true activation"); lt.style.backgroundColor = "rgba(" + TRUE_RGB + ",0.6)";
+    const ls = el("span", null, "simulated (0\u2013" + u.scale_max + ")"); ls.style.backgroundColor = "rgba(" + SIM_RGB + ",0.45)";
+    legend.append(lt, ls, el("span", null, "hover a token for its value"));
+    panel.append(legend);
+    u.explanations.forEach((x, i) => {
+      const det = el("details", "explanation");
+      det.dataset.explanationId = x.explanation_id;
+      if (i === 0) det.open = true;
+      const sum = el("summary");
+      sum.append(el("span", "score-badge", fmt(x.score)), el("span", "explanation-text", x.text));
+      det.append(sum);
+      det.append(el("p", "muted", x.explainer + " \u00b7 simulated by " + (x.simulator ?? "?") + " \u00b7 top " + fmt(x.top_score) +
+        " \u00b7 random " + fmt(x.random_score) + " \u00b7 95% CI [" + fmt(x.ci_low) + ", " + fmt(x.ci_high) + "]" +
+        (x.flags.length ? " \u00b7 flags: " + x.flags.join(", ") : "")));
+      for (const ex of x.excerpts) det.append(excerptView(ex, u));
+      panel.append(det);
+    });
+    if (u.record_excerpts.length) {
+      panel.append(el("h3", null, "Top-activating excerpts (not simulated)"));
+      for (const ex of u.record_excerpts) panel.append(excerptView(ex, u));
+    }
+  }
+  function route() {
+    const m = /^#unit=(.*)$/.exec(location.hash);
+    if (m) { showUnit(decodeURIComponent(m[1])); return; }
+    const first = visibleUnits()[0];
+    if (first) showUnit(first.unit_id);
+  }
+
+  async function start() {
+    let data;
+    try { data = await loadUnits(); } catch (e) {
+      document.getElementById("detail").replaceChildren(el("p", "error", e.message)); return;
+    }
+    state.units = data.units;
+    state.meta = data.meta;
+    const m = data.meta;
+    document.getElementById("run-name").textContent = "neuroscribe \u00b7 " + m.run;
+    document.getElementById("run-meta").textContent = m.n_units + " units \u00b7 " + m.n_explanations + " explanations (" +
+      m.n_scored + " scored, mean score " + fmt(m.mean_score) + ") \u00b7 explainer " + (m.explainers.join(", ") || "?") +
+      " \u00b7 simulator " + (m.simulators.join(", ") || "?");
+    document.getElementById("filter").addEventListener("input", (e) => { state.q = e.target.value; renderRows(); });
+    document.getElementById("min-score").addEventListener("input", (e) => {
+      const v = parseFloat(e.target.value); state.minScore = Number.isFinite(v) ? v : null; renderRows();
+    });
+    renderHead(); renderRows();
+    window.addEventListener("hashchange", route);
+    route();
+    document.body.dataset.ready = "1";
+  }
+  start();
+})();
+"""
+
+
+def _script_hash(script: str) -> str:
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def content_security_policy(server: bool) -> str:
+    """Only this page's own script may run; no network at all from a file."""
+    connect = "'self'" if server else "'none'"
+    return (
+        f"default-src 'none'; script-src {_script_hash(APP_JS)}; style-src 'unsafe-inline'; "
+        f"connect-src {connect}; img-src 'none'; base-uri 'none'; form-action 'none'"
+    )
+
+
+def json_for_script(data: Any) -> str:
+    """JSON safe to place inside a <script> element: no '<', '>' or '&' survive."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_page(title: str, data: Any | None) -> str:
+    """The page; with `data` it is self-contained, without it it fetches from the server."""
+    mode = "file" if data is not None else "server"
+    data_block = (
+        f'<script type="application/json" id="report-data">{json_for_script(data)}</script>\n'
+        if data is not None
+        else ""
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{html.escape(content_security_policy(data is None), quote=False)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+</head>
+<body data-mode="{mode}">
+<header><h1 id="run-name">neuroscribe</h1><p id="run-meta"></p></header>
+<main>
+<section>
+<div class="controls">
+<input id="filter" type="search" placeholder="filter by unit or explanation text" aria-label="filter">
+<input id="min-score" type="number" step="0.05" placeholder="min score" aria-label="minimum best score">
+<span id="count"></span>
+</div>
+<div class="list-wrap"><table id="units"><thead><tr></tr></thead><tbody></tbody></table></div>
+</section>
+<section id="detail"></section>
+</main>
+{data_block}<script>{APP_JS}</script>
+</body>
+</html>
+"""
