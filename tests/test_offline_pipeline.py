@@ -84,6 +84,8 @@ def test_run_with_no_model_arguments_records_explains_simulates_scores(tmp_path)
     manifest = RunManifest.model_validate(json.loads((run / "manifest.json").read_text()))
     assert {"record", "explain", "simulate"} <= set(manifest.stages)
     # The results table names the units and their scores.
+    assert "smollm2-135m-instruct" in out.stdout
     for s in scores:
-        assert s.unit_id in out.stdout
+        assert "/".join(s.unit_id.rsplit("/", 2)[1:]) in out.stdout
+        assert f"{s.score:+.3f}" in out.stdout
     assert "mean score" in out.stdout

@@ -171,7 +171,12 @@ def test_manifest_keeps_other_stages(tmp_path, llama_dir):
 
 
 def test_interrupted_recording_resumes_to_the_same_records(tmp_path, llama_dir):
-    opts = {**SMALL, "checkpoint_every": 2, "pool_size": 7}  # a real reservoir: 7 < excerpts
+    opts = {
+        **SMALL,
+        "checkpoint_every": 2,
+        "checkpoint_seconds": 0,
+        "pool_size": 7,
+    }  # a real reservoir: 7 < excerpts
     full = record_run(tmp_path / "full", model=str(llama_dir), layers=[0, 2], **opts)
 
     class Stop(Exception):
@@ -420,3 +425,42 @@ def test_smollm2_records_feed_the_explainer(tmp_path):
             [(e.record.tokens, e.record.activations) for e in splits.train]
         )
         assert r.most_positive_activation_records[0].tokens[0] in prompt.text
+
+
+def test_cli_record_and_clear_errors(tmp_path, llama_dir):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-c", "from neuroscribe.cli.app import main; main()", "record"]
+    ok = subprocess.run(
+        [
+            *cli,
+            "--model",
+            str(llama_dir),
+            "--layers",
+            "0,2",
+            "--max-units",
+            "3",
+            "--max-tokens",
+            "300",
+            "--excerpt-len",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote 6 units from 300 tokens" in ok.stderr
+    recs = read_jsonl(tmp_path / "run" / "records" / "layer-02.jsonl", NeuronRecord)
+    assert [r.index for r in recs] == [0, 1, 2]
+    bad = subprocess.run(
+        [*cli, "--model", str(llama_dir), "--layers", "7", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1
+    assert "layer 7 out of range" in bad.stderr and "Traceback" not in bad.stderr

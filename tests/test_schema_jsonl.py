@@ -24,6 +24,15 @@ OPENAI_STYLE = {
 }
 
 
+def test_openai_class_tags_are_accepted():
+    tagged = {**OPENAI_STYLE, "dataclass_name": "NeuronRecord"}
+    tagged["random_sample"] = [
+        {"dataclass_name": "ActivationRecord", "tokens": ["c"], "activations": [0.1]}
+    ]
+    rec = NeuronRecord.model_validate(tagged)
+    assert rec.random_sample[0].tokens == ["c"]
+
+
 def test_openai_neuron_file_loads_unchanged():
     rec = NeuronRecord.model_validate(OPENAI_STYLE)
     assert rec.unit_id == "unknown/3/17" and rec.layer == 3 and rec.index == 17

@@ -198,7 +198,13 @@ def resolve_strategy(
     without one, `auto` on an API model is assumed to be chat-logprobs (said in a note).
     """
     if is_local_spec(spec):
-        return "exact", 10, ""
+        from transformers import AutoTokenizer
+
+        from neuroscribe.llm.local import resolve_local_spec
+        from neuroscribe.simulator.exact import value_token_ids
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_local_spec(spec))
+        return "exact", value_token_ids(tokenizer)[0], ""
     note = ""
     if strategy == "auto":
         if probe:

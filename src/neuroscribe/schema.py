@@ -28,6 +28,14 @@ class ActivationRecord(BaseModel):
     tokens: list[str]
     activations: list[float]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_openai_tag(cls, data: Any) -> Any:
+        # OpenAI's files tag every object with its class name; it carries no data.
+        if isinstance(data, dict) and data.get("dataclass_name") == "ActivationRecord":
+            data = {k: v for k, v in data.items() if k != "dataclass_name"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ActivationRecord:
         if not self.tokens:

@@ -87,11 +87,12 @@ class RecordConfig(BaseModel):
     device: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0
-    checkpoint_every: int = Field(50, ge=1)  # batches between checkpoints
+    checkpoint_every: int = Field(50, ge=1)  # batches between checkpoints ...
+    checkpoint_seconds: float = Field(60.0, ge=0)  # ... and at least this long between them
 
     def result_hash(self) -> str:
         """Hash of the options that change the records (not device or checkpoint cadence)."""
-        data = self.model_dump(exclude={"device", "checkpoint_every"})
+        data = self.model_dump(exclude={"device", "checkpoint_every", "checkpoint_seconds"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -210,13 +211,16 @@ def record_run(
     )
     windows = itertools.islice(windows, collector.n_excerpts, None)
     capture = Capture(subject.model, sources)
+    last_ckpt = (0, time.perf_counter())  # (batch, time) of the last checkpoint
     with capture:
         for nb, batch in enumerate(batched(windows, cfg.batch_size), start=1):
             ids, mask, valid = make_batch(batch, prefix, cfg.excerpt_len, pad_id)
             acts = capture.run(ids.to(subject.device), mask.to(subject.device))
             collector.update([a[:, len(prefix) :] for a in acts], valid, batch)
-            if nb % cfg.checkpoint_every == 0:
+            due = nb - last_ckpt[0] >= cfg.checkpoint_every
+            if due and time.perf_counter() - last_ckpt[1] >= cfg.checkpoint_seconds:
                 _save_checkpoint(ckpt, chash, collector)
+                last_ckpt = (nb, time.perf_counter())
             if progress is not None:
                 progress(
                     RecordProgress(nb, collector.n_excerpts, collector.n_tokens, cfg.max_tokens)
@@ -236,6 +240,9 @@ def record_run(
         for tmp, f in zip(tmps, files, strict=True):
             os.replace(tmp, f)
         tmps.clear()
+        if overwrite:  # records of the replaced recording that this one does not rewrite
+            for old in set(records_dir.glob("*.jsonl")) - set(files):
+                old.unlink()
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
