@@ -33,3 +33,15 @@ def test_failures_isolated_and_written(tmp_path):
     assert "internal error: RuntimeError: boom" in by_key["k4"].reason
     assert len(read_jsonl(out, UsageRecord)) == 5
     assert summary.prompt_tokens == 50
+
+
+def test_usage_of_unusable_answers_is_still_recorded(tmp_path):
+    async def work(item: WorkItem) -> WorkResult:
+        err = OutputError("no digits", raw="x")
+        err.usage_records = [UsageRecord(stage="simulate", model="m", prompt_tokens=7)]
+        raise err
+
+    engine = JobEngine(tmp_path, "simulate", "h", show_progress=False)
+    summary = asyncio.run(engine.run([WorkItem(key="k", unit_id="u", payload=None)], work))
+    assert summary.failed == 1 and summary.prompt_tokens == 7
+    assert [u.prompt_tokens for u in read_jsonl(tmp_path / "usage.jsonl", UsageRecord)] == [7]

@@ -114,3 +114,25 @@ def test_scores_never_hold_nan():
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "nope.jsonl", NeuronRecord)
+
+
+def test_simulation_may_mark_missing_values_but_never_nan():
+    from neuroscribe.schema import SequenceSimulation
+
+    base = dict(
+        explanation_id="e",
+        unit_id="u",
+        excerpt_id="top:0",
+        kind="top",
+        role="test",
+        tokens=["a", "b"],
+        true_activations=[0.0, 1.0],
+        strategy="prompt-logprobs",
+        simulator="m",
+        prompt_version="v",
+        config_hash="h",
+    )
+    sim = SequenceSimulation(**base, expected_activations=[0.5, None])
+    assert sim.missing_slots == 1
+    with pytest.raises(ValueError, match="not finite"):
+        SequenceSimulation(**base, expected_activations=[0.5, math.nan])

@@ -126,3 +126,18 @@ def test_bootstrap_interval_contains_point_and_is_seeded():
     point = correlation(np.concatenate([t for t, _ in exs]), np.concatenate([p for _, p in exs]))
     assert a[0] <= point.value <= a[1]
     assert bootstrap_interval(exs[:1]) is None
+
+
+def test_tokens_without_prediction_are_left_out_and_flagged():
+    full = [
+        ExcerptResult("top", "test", [0, 5, 10], [1, 4, 8]),
+        ExcerptResult("random", "test", [0, 1, 0], [0, 2, 1]),
+    ]
+    holes = [
+        ExcerptResult("top", "test", [0, 5, 10, 7], [1, 4, 8, None]),
+        ExcerptResult("random", "test", [9, 0, 1, 0], [None, 0, 2, 1]),
+    ]
+    a = score_explanation(full, n_resamples=100)
+    b = score_explanation(holes, n_resamples=100)
+    assert b.score == pytest.approx(a.score) and b.n_tokens == 6
+    assert "missing_predictions:2" in b.flags and not any("missing" in f for f in a.flags)

@@ -95,14 +95,12 @@ def test_parse_activation_json():
             parse_activation_json(bad, 3, 10)
 
 
-def test_token_logprob_reading():
+def test_token_logprob_reading_marks_missing_slots_and_fails_when_most_are():
     from neuroscribe.simulator.api import _read_distributions
 
-    pos = [
-        TokenLogprob("unknown", None, {"0": math.log(0.5), "2": math.log(0.5)}),
-        TokenLogprob("unknown", None, {"the": -0.1}),
-    ]
-    exp, dists = _read_distributions(pos[:1], "x", 10)
-    assert exp == [1.0] and len(dists[0]) == 11
-    with pytest.raises(OutputError, match="1 of 2 slots"):
-        _read_distributions(pos, "x", 10)
+    good = TokenLogprob("unknown", None, {"0": math.log(0.5), "2": math.log(0.5)})
+    bad = TokenLogprob("unknown", None, {"the": -0.1})
+    exp, dists = _read_distributions([good, bad, good, good], "x", 10)
+    assert exp == [1.0, None, 1.0, 1.0] and dists[1] is None and len(dists[0]) == 11
+    with pytest.raises(OutputError, match="3 of 4 slots"):
+        _read_distributions([good, bad, bad, bad], "x", 10)

@@ -244,7 +244,10 @@ class JobEngine:
                 result = await worker(item)
             except (OutputError, LLMError, NeuroscribeError) as e:
                 raw = getattr(e, "raw", None)
-                result = WorkResult(failures=[self._failure(item, str(e), raw)])
+                result = WorkResult(
+                    usage=list(getattr(e, "usage_records", None) or []),
+                    failures=[self._failure(item, str(e), raw)],
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug in one item must not take the job down

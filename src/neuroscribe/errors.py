@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NeuroscribeError(Exception):
     """Base class; the CLI prints these as one clear line and exits non-zero."""
@@ -25,11 +27,15 @@ class LLMError(NeuroscribeError):
 
 
 class OutputError(NeuroscribeError):
-    """A model answered, but its answer cannot be used (unparseable, wrong length)."""
+    """A model answered, but its answer cannot be used (unparseable, wrong length).
 
-    def __init__(self, message: str, *, raw: str | None = None):
+    `usage` carries the tokens the unusable answers cost, so spend is still accounted.
+    """
+
+    def __init__(self, message: str, *, raw: str | None = None, usage: Any = None):
         super().__init__(message)
         self.raw = raw
+        self.usage = usage
 
 
 class BudgetExceeded(NeuroscribeError):

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from neuroscribe import __version__
 from neuroscribe.engine import JobEngine, JobSummary, WorkItem, WorkResult
-from neuroscribe.errors import DataError
+from neuroscribe.errors import DataError, OutputError
 from neuroscribe.explainer import ExplainerConfig, explain_excerpts
 from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists, write_json_atomic
 from neuroscribe.llm.base import LLM
@@ -408,7 +408,15 @@ async def simulate_stage(
         e: Explanation = item.payload
         held = splits_of[e.unit_id].held_out
         t0 = time.perf_counter()
-        results = await sim.simulate(e.text, [x.record.tokens for x in held])
+        try:
+            results = await sim.simulate(e.text, [x.record.tokens for x in held])
+        except OutputError as err:
+            # The unusable answers were paid for: their usage goes to usage.jsonl too.
+            if err.usage is not None:
+                err.usage_records = [  # type: ignore[attr-defined]
+                    _usage("simulate", sim.spec, e.unit_id, err.usage, time.perf_counter() - t0)
+                ]
+            raise
         latency = time.perf_counter() - t0
         sims = [
             SequenceSimulation(

@@ -193,7 +193,7 @@ def _openai_sequence(sim: SequenceSimulation) -> dict:
             "uncalibrated_simulation": None,
         },
         "true_activations": sim.true_activations,
-        "ev_correlation_score": correlation(sim.true_activations, sim.expected_activations).value,
+        "ev_correlation_score": _masked_correlation(sim.true_activations, sim.expected_activations),
         "rsquared_score": None,
         "absolute_dev_explained_score": None,
     }
@@ -434,3 +434,9 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool = False) -> str
             "(is there network access and a token from `huggingface-cli login` or HF_TOKEN?)"
         ) from None
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _masked_correlation(true: list[float], expected: list[float | None]) -> float:
+    """Correlation over the tokens the simulator gave a value for."""
+    kept = [(t, e) for t, e in zip(true, expected, strict=True) if e is not None]
+    return correlation([t for t, _ in kept], [e for _, e in kept]).value

@@ -165,8 +165,10 @@ class SequenceSimulation(BaseModel):
     role: SplitRole
     tokens: list[str]
     true_activations: list[float]
-    expected_activations: list[float]
-    distributions: list[list[float]] | None = None
+    # None marks a token the simulator gave no value for (e.g. no digit among the top
+    # logprobs at its slot): it is left out of the scores, never filled in with a guess.
+    expected_activations: list[float | None]
+    distributions: list[list[float] | None] | None = None
     scale_max: int = 10
     strategy: str
     simulator: str
@@ -185,9 +187,13 @@ class SequenceSimulation(BaseModel):
                 f"{len(self.expected_activations)} expected activations"
             )
         for v in self.expected_activations:
-            if not math.isfinite(v):
+            if v is not None and not math.isfinite(v):
                 raise ValueError(f"expected activation {v!r} is not finite")
         return self
+
+    @property
+    def missing_slots(self) -> int:
+        return sum(v is None for v in self.expected_activations)
 
 
 class Score(BaseModel):

@@ -183,7 +183,7 @@ class ExcerptResult:
     kind: str  # "top" or "random"
     role: str  # "test" or "calibration"
     true: Sequence[float]
-    pred: Sequence[float]
+    pred: Sequence[float | None]  # None: the simulator gave no value for that token
 
 
 @dataclass
@@ -200,6 +200,14 @@ class ScoreResult:
     flags: list[str] = field(default_factory=list)
 
 
+def _drop_missing(e: ExcerptResult) -> ExcerptResult:
+    """Leave out tokens the simulator gave no value for (pred None) from both sides."""
+    if all(p is not None for p in e.pred):
+        return e
+    kept = [(t, p) for t, p in zip(e.true, e.pred, strict=True) if p is not None]
+    return ExcerptResult(e.kind, e.role, [t for t, _ in kept], [p for _, p in kept])
+
+
 def _concat(excerpts: Sequence[ExcerptResult]) -> tuple[np.ndarray, np.ndarray]:
     if not excerpts:
         return np.zeros(0), np.zeros(0)
@@ -213,15 +221,22 @@ def score_explanation(
 ) -> ScoreResult:
     """The OpenAI explanation score and companions over held-out excerpts.
 
+    Tokens without a prediction (None) are left out of every figure and counted in a
+    `missing_predictions:N` flag.
+
     `score` is the correlation over every test excerpt's tokens concatenated
     ("top-and-random"); top-only and random-only use the same pooling. R² and the
     absolute-deviation score are computed after a linear calibration fitted on the
     calibration excerpts (a negative slope flips the sign, as it should).
     """
-    test = [e for e in excerpts if e.role == "test"]
+    flags: list[str] = []
+    missing = sum(p is None for e in excerpts if e.role == "test" for p in e.pred)
+    if missing:
+        flags.append(f"missing_predictions:{missing}")
+    excerpts = [_drop_missing(e) for e in excerpts]
+    test = [e for e in excerpts if e.role == "test" and len(e.true)]
     if not test:
         raise ValueError("no test excerpts to score")
-    flags: list[str] = []
     t, p = _concat(test)
     main = correlation(t, p)
     if main.flag:

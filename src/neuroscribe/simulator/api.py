@@ -36,19 +36,29 @@ from neuroscribe.simulator.slots import find_echo_slots, find_generated_values
 TOP_LOGPROBS = 15
 
 
+# An excerpt whose slots mostly have no value token is not a simulation of it.
+MAX_MISSING_FRACTION = 0.5
+
+
 def _read_distributions(
     positions: Sequence[TokenLogprob], where: str, scale_max: int
-) -> tuple[list[float], list[list[float]]]:
-    expected, dists = [], []
+) -> tuple[list[float | None], list[list[float] | None]]:
+    """Expected value and distribution at each slot; None where no value token is listed.
+
+    Weak simulators sometimes put all of a slot's top-k mass on other tokens. Those slots
+    are marked missing (and left out of the scores) rather than guessed; more than
+    MAX_MISSING_FRACTION of them fails the excerpt.
+    """
+    expected: list[float | None] = []
+    dists: list[list[float] | None] = []
     missing = []
     for k, pos in enumerate(positions):
         dist = digit_distribution(pos.top_logprobs, scale_max)
         if dist is None:
             missing.append(k)
-            continue
         dists.append(dist)
-        expected.append(expected_value(dist))
-    if missing:
+        expected.append(None if dist is None else expected_value(dist))
+    if len(missing) > MAX_MISSING_FRACTION * len(positions):
         raise OutputError(
             f"{where}: no value token among the top {TOP_LOGPROBS} logprobs at "
             f"{len(missing)} of {len(positions)} slots (first: token {missing[0]})"
@@ -79,13 +89,24 @@ class _Base:
     async def simulate(
         self, explanation: str, excerpts: Sequence[Sequence[str]]
     ) -> list[SimulatedExcerpt]:
-        async def one(k: int, tokens: Sequence[str]) -> SimulatedExcerpt:
-            try:
-                return await self._simulate_one(explanation, tokens)
-            except OutputError as e:
-                raise OutputError(f"excerpt {k}: {e}", raw=e.raw) from None
-
-        return list(await asyncio.gather(*(one(k, t) for k, t in enumerate(excerpts))))
+        results = await asyncio.gather(
+            *(self._simulate_one(explanation, t) for t in excerpts), return_exceptions=True
+        )
+        usage = Usage()
+        first: tuple[int, OutputError] | None = None
+        for k, r in enumerate(results):
+            if isinstance(r, OutputError):
+                usage = usage.add(r.usage or Usage())
+                first = first or (k, r)
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                usage = usage.add(r.usage)
+        if first is not None:
+            k, e = first
+            # Every excerpt's tokens were spent, the failed ones included.
+            raise OutputError(f"excerpt {k}: {e}", raw=e.raw, usage=usage)
+        return results  # type: ignore[return-value]
 
     async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
         raise NotImplementedError
@@ -109,10 +130,13 @@ class PromptLogprobSimulator(_Base):
         choice = resp.choices[0]
         if not choice.prompt_tokens:
             raise OutputError("the endpoint returned no prompt logprobs (echo unsupported?)")
-        slots = find_echo_slots([t.token for t in choice.prompt_tokens], len(tokens))
-        expected, dists = _read_distributions(
-            [choice.prompt_tokens[i] for i in slots], "prompt logprobs", self.scale_max
-        )
+        try:
+            slots = find_echo_slots([t.token for t in choice.prompt_tokens], len(tokens))
+            expected, dists = _read_distributions(
+                [choice.prompt_tokens[i] for i in slots], "prompt logprobs", self.scale_max
+            )
+        except OutputError as e:
+            raise OutputError(str(e), usage=resp.usage) from None
         return SimulatedExcerpt(expected, dists, self.scale_max, resp.usage)
 
 
@@ -154,7 +178,7 @@ class ChatLogprobSimulator(_Base):
                 discard_cached(self.llm, resp)
                 continue
             return SimulatedExcerpt(expected, dists, self.scale_max, usage)
-        raise OutputError(f"{problem} after {self.max_attempts} attempts", raw=raw)
+        raise OutputError(f"{problem} after {self.max_attempts} attempts", raw=raw, usage=usage)
 
 
 def parse_activation_json(text: str, n_tokens: int, scale_max: int) -> list[float]:
@@ -215,4 +239,4 @@ class JsonSimulator(_Base):
                 continue
             return SimulatedExcerpt(values, None, self.scale_max, usage)
         assert last is not None
-        raise OutputError(f"{last} after {self.max_attempts} attempts", raw=last.raw)
+        raise OutputError(f"{last} after {self.max_attempts} attempts", raw=last.raw, usage=usage)

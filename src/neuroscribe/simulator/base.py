@@ -11,10 +11,14 @@ from neuroscribe.schema import Usage
 
 @dataclass
 class SimulatedExcerpt:
-    """Expected activation (0..scale_max) for every token of one excerpt."""
+    """Expected activation (0..scale_max) for every token of one excerpt.
 
-    expected: list[float]
-    distributions: list[list[float]] | None
+    A None marks a token the simulator gave no value for; strategies keep these rare
+    (an excerpt with too many is an OutputError) and the scorer leaves them out.
+    """
+
+    expected: list[float | None]
+    distributions: list[list[float] | None] | None
     scale_max: int
     usage: Usage = field(default_factory=Usage)
 
