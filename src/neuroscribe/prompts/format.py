@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})
 
 
 def format_token(token: str) -> str:
@@ -13,7 +13,7 @@ def format_token(token: str) -> str:
     """
     if token == "":
         return "<empty>"
-    return "".join(_ESCAPES.get(c, c) for c in token)
+    return token.translate(_ESCAPES)
 
 
 def rescale(value: int, from_max: int, to_max: int) -> int:
