@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from _reportruns import HOSTILE, make_run
 from neuroscribe.cli.app import _register_commands, app
 from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
-from neuroscribe.jsonl import read_jsonl
+from neuroscribe.jsonl import append_jsonl, read_jsonl
 from neuroscribe.publish import (
     _ARROW_SCHEMA,
     PublishedExplanation,
@@ -20,7 +20,7 @@ from neuroscribe.publish import (
     push_folder_to_hub,
 )
 from neuroscribe.rundir import load_run
-from neuroscribe.schema import NeuronRecord
+from neuroscribe.schema import Failure, NeuronRecord
 
 SCORES = {
     "tiny/gpt/0/1": [0.5, 0.7],
@@ -130,10 +130,31 @@ def test_openai_layout(run_dir, tmp_path):
 
 def test_refuses_failures_unless_allowed(tmp_path):
     run = make_run(tmp_path / "run", SCORES, failures=2)
-    with pytest.raises(DataError, match="2 failures"):
+    with pytest.raises(DataError, match="2 open failures"):
         publish_run(load_run(run), tmp_path / "ds")
     res = publish_run(load_run(run), tmp_path / "ds", allow_failures=True)
     assert res.n_rows == 6
+
+
+def test_failures_resolved_by_a_retry_do_not_block(tmp_path):
+    run = make_run(tmp_path / "run", SCORES)
+    sim = load_run(run).simulations[0]
+    # The first attempt failed, a --retry-failed run then simulated the explanation.
+    append_jsonl(
+        run / "failures.jsonl",
+        [
+            Failure(
+                stage="simulate",
+                unit_id=sim.unit_id,
+                key=f"simulate|{sim.explanation_id}|{sim.config_hash}",
+                explanation_id=sim.explanation_id,
+                reason="timeout",
+                config_hash=sim.config_hash,
+            )
+        ],
+    )
+    assert load_run(run).open_failures() == []
+    assert publish_run(load_run(run), tmp_path / "ds").n_rows == 6
 
 
 def test_refuses_invalid_run_and_non_empty_out(run_dir, tmp_path):

@@ -126,36 +126,6 @@ def select_units(
     return chosen
 
 
-def open_failures(run: Path) -> list[Failure]:
-    """Failures not resolved by a later success (a retry that worked), last line per key."""
-    paths = RunPaths(Path(run))
-    failures = {f.key: f for f in read_jsonl_if_exists(paths.failures, Failure)}
-    if not failures:
-        return []
-    explained = {
-        (e.unit_id, e.config_hash) for e in read_jsonl_if_exists(paths.explanations, Explanation)
-    }
-    simulated = {
-        (s.explanation_id, s.config_hash)
-        for s in read_jsonl_if_exists(paths.simulations, SequenceSimulation)
-    }
-    scored = {(s.explanation_id, s.config_hash) for s in read_jsonl_if_exists(paths.scores, Score)}
-    still = []
-    for f in failures.values():
-        if (
-            f.stage == "explain"
-            and (f.unit_id, f.config_hash) in explained
-            and "|sample" not in f.key
-        ):
-            continue
-        if f.stage == "simulate" and (f.explanation_id, f.config_hash) in simulated:
-            continue
-        if f.stage == "score" and (f.explanation_id, f.config_hash) in scored:
-            continue
-        still.append(f)
-    return still
-
-
 def failed_keys(paths: RunPaths) -> set[str]:
     return {f.key for f in read_jsonl_if_exists(paths.failures, Failure)}
 

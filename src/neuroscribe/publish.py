@@ -103,10 +103,11 @@ def validate_for_publish(run: Run, allow_failures: bool = False) -> None:
     """Refuse runs that would publish something misleading."""
     if not run.explanations:
         raise DataError(f"{run.path}: no explanations to publish")
-    if run.failures and not allow_failures:
-        stages = sorted({f.stage for f in run.failures})
+    failures = run.open_failures()
+    if failures and not allow_failures:
+        stages = sorted({f.stage for f in failures})
         raise DataError(
-            f"{run.path}: {len(run.failures)} failures in failures.jsonl (stages: "
+            f"{run.path}: {len(failures)} open failures in failures.jsonl (stages: "
             f"{', '.join(stages)}); finish or re-run them, or pass --allow-failures"
         )
     known = {e.explanation_id for e in run.explanations}

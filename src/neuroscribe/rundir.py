@@ -68,6 +68,29 @@ class Run:
             out[s.explanation_id].append(s)
         return dict(out)
 
+    def open_failures(self) -> list[Failure]:
+        """Failures not resolved by a later success (e.g. `--retry-failed`), last line per key."""
+        explained = {(e.unit_id, e.config_hash) for e in self.explanations}
+        samples = {(e.unit_id, e.config_hash, e.sample_index) for e in self.explanations}
+        simulated = {(s.explanation_id, s.config_hash) for s in self.simulations}
+        scored = {(s.explanation_id, s.config_hash) for s in self.scores}
+        still = []
+        for f in {f.key: f for f in self.failures}.values():
+            if f.stage == "explain":
+                # "explain|unit|hash" for a whole unit, "...|sampleK" for one failed sample.
+                _, _, sample = f.key.rpartition("|sample")
+                if sample.isdigit():
+                    if (f.unit_id, f.config_hash, int(sample)) in samples:
+                        continue
+                elif (f.unit_id, f.config_hash) in explained:
+                    continue
+            if f.stage == "simulate" and (f.explanation_id, f.config_hash) in simulated:
+                continue
+            if f.stage == "score" and (f.explanation_id, f.config_hash) in scored:
+                continue
+            still.append(f)
+        return still
+
     def unit_ids(self) -> list[str]:
         """Every unit that appears in records, explanations or scores, in first-seen order."""
         ids: dict[str, None] = {}

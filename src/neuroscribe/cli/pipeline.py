@@ -245,8 +245,6 @@ async def _simulate(
 
 
 def _print_results(run: Path, sim_hash: str | None = None) -> None:
-    from neuroscribe.pipeline import open_failures
-
     loaded = load_run(run)
     scores = [s for s in loaded.scores if sim_hash is None or s.config_hash == sim_hash]
     models = {s.unit_id.rsplit("/", 2)[0] for s in scores}
@@ -267,7 +265,7 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
     if scores:
         mean = sum(s.score for s in scores) / len(scores)
         console.print(f"{len(scores)} explanations, mean score {mean:+.3f}")
-    failures = open_failures(run)
+    failures = loaded.open_failures()
     if failures:
         console.print(
             f"[yellow]{len(failures)} open failures in {RunPaths(run).failures} "
