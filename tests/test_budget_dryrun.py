@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _cli import run_cli
 from _tiny_jobs import CLI_FLAGS, SPLITS, make_run, tiny_record
 from neuroscribe.estimate import chars_per_4, estimate_explain, token_counter
 from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists
@@ -20,15 +19,9 @@ from neuroscribe.prompts import build_explain_prompt
 from neuroscribe.schema import Explanation, Failure, UsageRecord
 from neuroscribe.splits import split_record
 
-CLI = str(Path(sys.executable).parent / "neuroscribe")
-
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    # A wide terminal, so rich does not wrap the messages the tests look for.
-    env = {**os.environ, "COLUMNS": "400"}
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=600, env=env, check=False
-    )
+    return run_cli(*args, check=False, timeout=600)
 
 
 def tree(path: Path) -> dict[str, int]:

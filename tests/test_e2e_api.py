@@ -7,13 +7,11 @@ the files written, not only that nothing crashed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _cli import run_cli as cli
 from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists
 from neuroscribe.schema import (
     ActivationRecord,
@@ -60,21 +58,6 @@ def write_records(run: Path, n_units: int = 1) -> None:
                 random_sample=rnd,
             )
             f.write(rec.model_dump_json() + "\n")
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("OPENAI_API_KEY", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "neuroscribe", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 SPLITS = ["--n-train", "2", "--n-test-top", "1", "--n-test-random", "1"]

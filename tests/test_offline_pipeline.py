@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from _cli import run_cli as cli
 from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists
 from neuroscribe.schema import (
     Explanation,
@@ -21,21 +19,6 @@ from neuroscribe.schema import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("OPENAI_API_KEY", None)
-    env.pop("OPENAI_BASE_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "neuroscribe", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def test_run_with_no_model_arguments_records_explains_simulates_scores(tmp_path):

@@ -66,6 +66,7 @@ class JobSummary:
     stopped_for_budget: bool = False
     remaining: int = 0  # items not started because the budget ran out
     warnings: list[str] = field(default_factory=list)
+    config_hash: str = ""  # the key space the stage wrote into
 
     def line(self) -> str:
         cost = f", ${self.cost_usd:.4f}" if self.cost_usd else ""
@@ -221,7 +222,9 @@ class JobEngine:
     async def run(
         self, items: Sequence[WorkItem], worker: Worker, *, skipped: int = 0
     ) -> JobSummary:
-        summary = JobSummary(self.stage, total=len(items) + skipped, skipped=skipped)
+        summary = JobSummary(
+            self.stage, total=len(items) + skipped, skipped=skipped, config_hash=self.config_hash
+        )
         self.check_budget(len(items))
         queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         for it in items:

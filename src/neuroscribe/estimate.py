@@ -33,6 +33,7 @@ from neuroscribe.prompts import (
     build_simulation_prompt,
 )
 from neuroscribe.schema import Explanation, NeuronRecord, SequenceSimulation
+from neuroscribe.simulator import scale_from_probe, strategy_from_probe
 from neuroscribe.splits import SplitConfig, split_record
 
 # A typical explanation (~13 tokens) stands in for explanations a `run` has not made yet.
@@ -208,17 +209,11 @@ def resolve_strategy(
     note = ""
     if strategy == "auto":
         if probe:
-            if probe.get("echo_logprobs"):
-                strategy = "prompt-logprobs"
-            elif probe.get("chat_logprobs"):
-                strategy = "chat-logprobs"
-            else:
-                strategy = "json"
+            strategy = strategy_from_probe(probe)
         else:
             strategy = "chat-logprobs"
             note = "strategy auto is not probed in a dry run: assumed chat-logprobs (--strategy)"
-    scale_max = 9 if probe and probe.get("ten_single_token") is False else 10
-    return strategy, scale_max, note
+    return strategy, scale_from_probe(probe or {}), note
 
 
 def estimate_simulate(

@@ -171,6 +171,17 @@ def _splits(n_train: int, n_test_top: int, n_test_random: int) -> SplitConfig:
     return SplitConfig(n_train=n_train, n_test_top=n_test_top, n_test_random=n_test_random)
 
 
+def _explain_settings(
+    n_explanations: int, temperature: float, max_tokens: int, splits: SplitConfig
+) -> ExplainSettings:
+    return ExplainSettings(
+        explainer=ExplainerConfig(
+            n_samples=n_explanations, temperature=temperature, max_tokens=max_tokens
+        ),
+        splits=splits,
+    )
+
+
 async def _explain(
     run: Path,
     explainer: str,
@@ -218,7 +229,6 @@ async def _simulate(
     sim_examples: int = 2,
     opts: JobOptions | None = None,
 ) -> str:
-    from neuroscribe.pipeline import config_hash, simulator_config
     from neuroscribe.simulator import make_simulator
 
     opts = opts or JobOptions()
@@ -241,7 +251,7 @@ async def _simulate(
         await llm.aclose()
     console.print(f"simulator strategy: {sim.strategy} (values 0–{getattr(sim, 'scale_max', 10)})")
     finish_stage(console, run, s, opts.max_cost)
-    return config_hash(simulator_config(sim, splits))
+    return s.config_hash
 
 
 def _print_results(run: Path, sim_hash: str | None = None) -> None:
@@ -302,11 +312,8 @@ def explain(
     opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
     check_options(opts, [explainer])
     records = select_units(load_records(run), _patterns(units), max_units)
-    settings = ExplainSettings(
-        explainer=ExplainerConfig(
-            n_samples=n_explanations, temperature=temperature, max_tokens=max_tokens
-        ),
-        splits=_splits(n_train, n_test_top, n_test_random),
+    settings = _explain_settings(
+        n_explanations, temperature, max_tokens, _splits(n_train, n_test_top, n_test_random)
     )
     if opts.dry_run:
         dry_run(console, run, records, opts, explain=(explainer, settings))
@@ -434,12 +441,7 @@ def run_all(
         _record_default(run, layers, record_units, record_tokens)
     records = select_units(load_records(run), _patterns(units), max_units)
     splits = _splits(n_train, n_test_top, n_test_random)
-    settings = ExplainSettings(
-        explainer=ExplainerConfig(
-            n_samples=n_explanations, temperature=temperature, max_tokens=max_tokens
-        ),
-        splits=splits,
-    )
+    settings = _explain_settings(n_explanations, temperature, max_tokens, splits)
     if opts.dry_run:
         dry_run(
             console,

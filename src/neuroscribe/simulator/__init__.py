@@ -16,6 +16,20 @@ from neuroscribe.simulator.base import SimulatedExcerpt, Simulator
 STRATEGIES = ("auto", "exact", "prompt-logprobs", "chat-logprobs", "json")
 
 
+def strategy_from_probe(probe: dict[str, Any]) -> str:
+    """What `auto` picks for an endpoint: prompt logprobs, else chat logprobs, else JSON."""
+    if probe.get("echo_logprobs"):
+        return "prompt-logprobs"
+    if probe.get("chat_logprobs"):
+        return "chat-logprobs"
+    return "json"
+
+
+def scale_from_probe(probe: dict[str, Any]) -> int:
+    """A tokenizer without a single-token "10" cannot express 10 in one slot: use 0–9."""
+    return 9 if probe.get("ten_single_token") is False else 10
+
+
 async def make_simulator(
     llm: LLM, strategy: str = "auto", **options: Any
 ) -> tuple[Simulator, dict[str, Any]]:
@@ -37,16 +51,10 @@ async def make_simulator(
 
     probe: dict[str, Any] = await llm.probe()  # type: ignore[attr-defined]
     if strategy == "auto":
-        if probe.get("echo_logprobs"):
-            strategy = "prompt-logprobs"
-        elif probe.get("chat_logprobs"):
-            strategy = "chat-logprobs"
-        else:
-            strategy = "json"
-    # A tokenizer without a single-token "10" cannot express 10 in one slot: use 0–9.
+        strategy = strategy_from_probe(probe)
     scale_max = options.pop("scale_max", None)
     if scale_max is None:
-        scale_max = 9 if probe.get("ten_single_token") is False else 10
+        scale_max = scale_from_probe(probe)
     cls = {
         "prompt-logprobs": PromptLogprobSimulator,
         "chat-logprobs": ChatLogprobSimulator,
@@ -69,4 +77,6 @@ __all__ = [
     "SimulatedExcerpt",
     "Simulator",
     "make_simulator",
+    "scale_from_probe",
+    "strategy_from_probe",
 ]

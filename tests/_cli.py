@@ -1,0 +1,25 @@
+"""Run the real `neuroscribe` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`python -m neuroscribe ARGS` with a wide plain terminal and no OpenAI settings
+    inherited from the caller's environment; `check` fails the test on a non-zero exit."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "400"}
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("OPENAI_BASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neuroscribe", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
