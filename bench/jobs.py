@@ -26,11 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from neuroscribe.explainer import ExplainerConfig
+from neuroscribe.engine import run_stage
+from neuroscribe.explainer import ExplainerConfig, TokenRowExplainer
 from neuroscribe.llm.openai_api import OpenAICompatibleLLM
-from neuroscribe.pipeline import ExplainSettings, explain_stage
+from neuroscribe.rundir import RunDir
 from neuroscribe.schema import ActivationRecord, NeuronRecord
 from neuroscribe.splits import SplitConfig
+from neuroscribe.stages.explain import ExplainStage
 
 HERE = Path(__file__).parent
 SPLITS = SplitConfig(n_train=2, n_test_top=1, n_test_random=1)
@@ -94,15 +96,12 @@ def run_level(url: str, concurrency: int, n_units: int) -> tuple[float, float, i
         llm = OpenAICompatibleLLM(
             "bench", base_url=url, concurrency=concurrency, timeout_s=60, cache=None
         )
-        settings = ExplainSettings(
-            explainer=ExplainerConfig(max_tokens=16, temperature=0.0), splits=SPLITS
-        )
+        explainer = TokenRowExplainer(llm, ExplainerConfig(max_tokens=16, temperature=0.0))
+        stage = ExplainStage(explainer, recs, SPLITS)
 
         async def main() -> None:
             try:
-                await explain_stage(
-                    run, llm, recs, settings, concurrency=concurrency, show_progress=False
-                )
+                await run_stage(stage, RunDir(run), concurrency=concurrency, show_progress=False)
             finally:
                 await llm.aclose()
 

@@ -1,16 +1,21 @@
 """Synthetic run directories for the compare / publish / view tests.
 
 Built with the real schema models and `append_jsonl`, exactly as the pipeline writes
-them; scores are given so tests know the truth they check against.
+them; scores are given so tests know the truth they check against. `add_scorer` appends
+a second scorer's lines (a made-up one, as a plug-in would write them) and
+`downgrade_scores_to_v1` rewrites scores.jsonl as neuroscribe 0.1 wrote it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from neuroscribe.jsonl import append_jsonl, write_json_atomic
+from neuroscribe.jsonl import append_jsonl, read_jsonl, write_json_atomic
 from neuroscribe.schema import (
     ActivationRecord,
     Explanation,
@@ -18,9 +23,11 @@ from neuroscribe.schema import (
     NeuronRecord,
     RunManifest,
     Score,
+    ScoreInterval,
     SequenceSimulation,
     UsageRecord,
 )
+from neuroscribe.scorer.base import fingerprint
 
 MODEL = "tiny/gpt"
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
@@ -159,17 +166,33 @@ def make_run(
                     unit_id=unit_id,
                     explanation=text,
                     explainer=explainer,
-                    simulator=simulator,
-                    strategy="all_at_once",
-                    prompt_version=sim_prompt,
+                    scorer="simulation",
+                    scorer_model=simulator,
                     config_hash="cfg",
-                    score=value,
-                    top_score=value,
-                    random_score=value / 2,
-                    ci_low=value - 0.1,
-                    ci_high=min(1.0, value + 0.1),
+                    # The simulation scorer's metrics, in the order it writes them.
+                    metrics={
+                        "score": value,
+                        "top_score": value,
+                        "random_score": value / 2,
+                        "r2": None,
+                        "abs_dev_score": None,
+                    },
+                    primary_metric="score",
+                    interval=ScoreInterval(
+                        metric="score", low=value - 0.1, high=min(1.0, value + 0.1)
+                    ),
                     n_excerpts=2,
                     n_tokens=12,
+                    heldout_hash=fingerprint(
+                        (x_id, role, rec.tokens, rec.activations) for x_id, _, role, rec in held
+                    ),
+                    comparable={
+                        "scorer": "simulation",
+                        "simulator": simulator,
+                        "strategy": "all_at_once",
+                        "prompt_version": sim_prompt,
+                    },
+                    details={"strategy": "all_at_once", "prompt_version": sim_prompt},
                 )
             )
             usage.append(
@@ -194,10 +217,94 @@ def make_run(
         append_jsonl(
             path / "failures.jsonl",
             [
-                Failure(
-                    stage="simulate", unit_id="x/0/0", key=f"k{i}", reason="boom", config_hash="cfg"
-                )
+                # Distinct units: failures are told apart by their typed key fields.
+                Failure(stage="simulate", unit_id=f"x/0/{i}", reason="boom", config_hash="cfg")
                 for i in range(failures)
             ],
         )
     return path
+
+
+def add_scorer(
+    path: Path,
+    name: str,
+    metrics: Callable[[Score], dict[str, float | None]],
+    *,
+    primary_metric: str,
+    model: str = "judge-llm",
+    prompt_version: str = "v1",
+    interval_metric: str | None = None,
+    flags: list[str] | None = None,
+) -> int:
+    """Append one `name` Score line per simulation score of the run, as a plug-in would.
+
+    `metrics` maps the explanation's simulation score to the new scorer's metrics; the
+    held-out fingerprint is the simulation score's (the same excerpts were scored).
+    """
+    lines = []
+    for s in read_jsonl(path / "scores.jsonl", Score):
+        if s.scorer != "simulation":
+            continue
+        m = metrics(s)
+        interval = None
+        if interval_metric is not None and m.get(interval_metric) is not None:
+            v = m[interval_metric]
+            interval = ScoreInterval(metric=interval_metric, low=v - 0.05, high=v + 0.05, level=0.9)
+        lines.append(
+            Score(
+                explanation_id=s.explanation_id,
+                unit_id=s.unit_id,
+                explanation=s.explanation,
+                explainer=s.explainer,
+                scorer=name,
+                scorer_model=model,
+                config_hash="cfg-" + name,
+                metrics=m,
+                primary_metric=primary_metric,
+                interval=interval,
+                n_excerpts=s.n_excerpts,
+                n_tokens=s.n_tokens,
+                heldout_hash=s.heldout_hash,
+                comparable={"scorer": name, "model": model, "prompt_version": prompt_version},
+                details={"prompt_version": prompt_version},
+                flags=list(flags or []),
+            )
+        )
+    return append_jsonl(path / "scores.jsonl", lines)
+
+
+def detection_metrics(s: Score) -> dict[str, float | None]:
+    """A made-up detection scorer's metrics, derived from the simulation score."""
+    return {
+        "balanced_accuracy": round(0.5 + s.score / 4, 6),
+        "auc": round(min(1.0, 0.5 + s.score / 2), 6),
+    }
+
+
+def downgrade_scores_to_v1(path: Path) -> None:
+    """Rewrite scores.jsonl as neuroscribe 0.1 wrote it: flat simulation columns only."""
+    lines: list[dict[str, Any]] = []
+    for s in read_jsonl(path / "scores.jsonl", Score):
+        assert s.scorer == "simulation", "0.1 had only the simulation scorer"
+        lines.append(
+            {
+                "schema_version": 1,
+                "explanation_id": s.explanation_id,
+                "unit_id": s.unit_id,
+                "explanation": s.explanation,
+                "explainer": s.explainer,
+                "simulator": s.scorer_model,
+                "strategy": s.strategy,
+                "prompt_version": s.prompt_version,
+                "config_hash": s.config_hash,
+                **s.metrics,
+                "ci_low": s.ci_low,
+                "ci_high": s.ci_high,
+                "n_excerpts": s.n_excerpts,
+                "n_tokens": s.n_tokens,
+                "flags": s.flags,
+                "created_at": s.created_at,
+            }
+        )
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (path / "scores.jsonl").write_text(text, encoding="utf-8")

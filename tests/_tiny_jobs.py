@@ -13,11 +13,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from neuroscribe.explainer import ExplainerConfig
+from neuroscribe.engine import run_stage
+from neuroscribe.explainer import ExplainerConfig, TokenRowExplainer
 from neuroscribe.jsonl import append_jsonl, read_jsonl, read_jsonl_if_exists
 from neuroscribe.llm.limits import RetryPolicy
 from neuroscribe.llm.openai_api import OpenAICompatibleLLM
-from neuroscribe.pipeline import ExplainSettings, explain_stage, score_stage, simulate_stage
+from neuroscribe.rundir import RunDir
 from neuroscribe.schema import (
     ActivationRecord,
     Explanation,
@@ -26,8 +27,11 @@ from neuroscribe.schema import (
     Score,
     SequenceSimulation,
 )
+from neuroscribe.scorer.simulation import SimulationScorer
 from neuroscribe.simulator.api import JsonSimulator
 from neuroscribe.splits import SplitConfig
+from neuroscribe.stages.explain import ExplainStage
+from neuroscribe.stages.score import ScoreStage
 
 WORDS = ["cat", "dog", "sun", "moon", "red", "blue", "tree", "rock", "fish", "bird", "rain", "snow"]
 SPLITS = SplitConfig(
@@ -75,40 +79,30 @@ def client(base_url: str, *, timeout_s: float = 30, cache: Path | None = None, *
     )
 
 
+def json_scorer(llm: Any) -> SimulationScorer:
+    """The JSON simulator (llama.cpp's server refuses json_schema: json_object instead)."""
+    sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
+    return SimulationScorer(sim, spec=llm.spec, strategy="json", scale_max=9, n_examples=0)
+
+
 def run_job(
     run: Path, base_url: str, *, concurrency: int = 2, retry_failed: bool = False, **kw: Any
 ) -> None:
-    """explain → simulate (JSON, one attempt) → score over the run's records, in process."""
+    """explain → simulate + score (JSON, one attempt) over the run's records, in process."""
     records = read_jsonl(run / "records" / "tiny.jsonl", NeuronRecord)
     llm = client(base_url, concurrency=concurrency, **kw)
+    rundir = RunDir(run)
+    opts = {"concurrency": concurrency, "retry_failed": retry_failed, "show_progress": False}
 
     async def main() -> None:
         try:
-            await explain_stage(
-                run,
-                llm,
-                records,
-                ExplainSettings(explainer=EXPLAINER, splits=SPLITS),
-                concurrency=concurrency,
-                retry_failed=retry_failed,
-                show_progress=False,
-            )
-            # llama.cpp's server refuses response_format json_schema: use json_object.
-            sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
-            await simulate_stage(
-                run,
-                sim,
-                records,
-                SPLITS,
-                concurrency=concurrency,
-                retry_failed=retry_failed,
-                show_progress=False,
-            )
+            explain = ExplainStage(TokenRowExplainer(llm, EXPLAINER), records, SPLITS)
+            await run_stage(explain, rundir, **opts)
+            await run_stage(ScoreStage(json_scorer(llm), records, SPLITS), rundir, **opts)
         finally:
             await llm.aclose()
 
     asyncio.run(main())
-    score_stage(run)
 
 
 def outputs(run: Path) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import pytest
 
 from _cli import run_cli
 from _tiny_jobs import CLI_FLAGS, SPLITS, make_run, tiny_record
-from neuroscribe.estimate import chars_per_4, estimate_explain, token_counter
+from neuroscribe import api
+from neuroscribe.config import RunConfig
+from neuroscribe.estimate import chars_per_4, token_counter
 from neuroscribe.jsonl import read_jsonl, read_jsonl_if_exists
-from neuroscribe.llm.pricing import Price
-from neuroscribe.pipeline import config_changes
 from neuroscribe.prompts import build_explain_prompt
+from neuroscribe.rundir import config_changes
 from neuroscribe.schema import Explanation, Failure, UsageRecord
 from neuroscribe.splits import split_record
 
@@ -97,10 +98,15 @@ def test_dry_run_counts_the_prompts_the_job_would_send_and_sends_nothing(tmp_pat
 
     # The explain figures are the explain prompts counted exactly as documented.
     records = [tiny_record(i) for i in range(4)]
-    table = {"gpt-4o-mini": Price(1.0, 4.0)}
-    est = estimate_explain(
-        records, "gpt-4o-mini", splits=SPLITS, max_tokens=16, n_examples=3, prices=table
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpt-4o-mini": {"input": 1.0, "output": 4.0}}))
+    config = RunConfig.build(
+        run_dir=run,
+        splits=SPLITS.model_dump(),
+        explain={"model": "gpt-4o-mini", "settings": {"max_tokens": 16, "n_examples": 3}},
+        jobs={"prices": prices},
     )
+    (est,) = api.estimate(config, ["explain"])
     expected = 0
     for rec in records:
         msgs = build_explain_prompt(
@@ -125,7 +131,11 @@ def test_dry_run_uses_the_local_models_own_tokenizer(tmp_path):
     text = "Neuron 3 fires on 10 digits"
     assert counter.text(text) == len(tok(text, add_special_tokens=False)["input_ids"])
     assert counter.text(text) != chars_per_4(text)  # SmolLM2 splits "10" into digits
-    est = estimate_explain([tiny_record(0)], "hf:embedded", splits=SPLITS, max_tokens=8)
+    run = make_run(tmp_path / "run", 1)
+    config = RunConfig.build(
+        run_dir=run, splits=SPLITS.model_dump(), explain={"settings": {"max_tokens": 8}}
+    )
+    (est,) = api.estimate(config, ["explain"])
     assert est.tokenizer.startswith("hf:") and est.cost_usd == 0.0 and est.prompt_tokens > 50
 
 
@@ -196,7 +206,7 @@ def test_max_cost_stops_cleanly_and_resumes_on_the_llama_server(tmp_path, llama_
     r = cli(*[a if a != "16" else "12" for a in base])
     assert r.returncode == 0, r.stderr
     text = " ".join((r.stdout + r.stderr).split())
-    assert "explainer.max_tokens: 16 -> 12" in text and "new key space" in text
+    assert "settings.max_tokens: 16 -> 12" in text and "new key space" in text
     hashes = {e.config_hash for e in read_jsonl(run / "explanations.jsonl", Explanation)}
     assert len(hashes) == 2
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from _reportruns import make_run
+from _cli import run_cli
+from _reportruns import add_scorer, detection_metrics, downgrade_scores_to_v1, make_run
 from neuroscribe.cli.app import _register_commands, app
 from neuroscribe.compare import bootstrap_mean_ci, compare_runs, to_markdown
+from neuroscribe.errors import DataError
 from neuroscribe.rundir import load_run
 
 N_UNITS = 30
@@ -162,3 +166,114 @@ def test_cli_writes_all_outputs(two_runs, tmp_path, cli):
     assert "Mean score by layer" in md
     assert "<table" in (out / "c.html").read_text()
     assert (out / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _with_detection(path, scores, **kw):
+    run = make_run(path, scores, **kw.pop("run_kw", {}))
+    add_scorer(run, "detection", detection_metrics, primary_metric="balanced_accuracy", **kw)
+    return run
+
+
+def test_compare_any_scorer_by_metric_name(two_runs, tmp_path):
+    ra, rb, a, b = two_runs
+    for run in (ra, rb):
+        add_scorer(run, "detection", detection_metrics, primary_metric="balanced_accuracy")
+    runs = [load_run(ra), load_run(rb)]
+    units = sorted(a)
+
+    def auc(x):
+        return min(1.0, 0.5 + x / 2)
+
+    c = compare_runs(runs, scorer="detection", metric="auc", n_resamples=200)
+    assert (c.scorer, c.metric, c.mismatches) == ("detection", "auc", [])
+    va = np.array([np.mean([auc(x) for x in a[u]]) for u in units])
+    vb = np.array([np.mean([auc(x) for x in b[u]]) for u in units])
+    assert c.summary.loc["run_a", "mean_score"] == pytest.approx(va.mean())
+    assert c.summary.loc["run_b", "diff_vs_first"] == pytest.approx((vb - va).mean())
+    assert "scorer: detection, metric: auc" in to_markdown(c)
+    assert "mean auc [95% CI]" in to_markdown(c)
+    # Without a metric, the scorer's primary one; without a scorer, simulation.
+    c = compare_runs(runs, scorer="detection", n_resamples=200)
+    assert c.metric == "balanced_accuracy"
+    c = compare_runs(runs, n_resamples=200)
+    assert (c.scorer, c.metric) == ("simulation", "score")
+    assert c.summary.loc["run_a", "mean_score"] == pytest.approx(
+        np.mean([np.mean(a[u]) for u in units])
+    )
+    with pytest.raises(DataError, match=r"no metric 'nope'.*auc, balanced_accuracy"):
+        compare_runs(runs, scorer="detection", metric="nope")
+    with pytest.raises(DataError, match="no scores by scorer 'fuzzing'"):
+        compare_runs(runs, scorer="fuzzing")
+
+
+def test_a_new_scorers_settings_are_checked(tmp_path):
+    a = _scores(1, 0.0)
+    ra = load_run(_with_detection(tmp_path / "a", a))
+    rb = load_run(_with_detection(tmp_path / "b", a, model="other-judge"))
+    rc = load_run(_with_detection(tmp_path / "c", a, run_kw={"excerpt_seed": 5}))
+    c = compare_runs([ra, rb, rc], scorer="detection", metric="auc", n_resamples=100)
+    text = "\n".join(c.mismatches)
+    assert "different detection model: a=['judge-llm'], b=['other-judge']" in text
+    assert f"held-out excerpts differ for {N_UNITS} of {N_UNITS}" in text
+    # The simulation scores of a and b match: only the detection model differs.
+    assert compare_runs([ra, rb], n_resamples=100).mismatches == []
+
+
+def test_a_run_mixing_settings_is_reported(tmp_path):
+    a = _scores(1, 0.0)
+    ra = make_run(tmp_path / "a", a)
+    # Re-score half of the explanations with another simulator prompt.
+    lines = (ra / "scores.jsonl").read_text().splitlines()
+    (ra / "scores.jsonl").write_text(
+        "\n".join(
+            line.replace('"sim-v1"', '"sim-v2"') if i % 2 else line for i, line in enumerate(lines)
+        )
+        + "\n"
+    )
+    c = compare_runs([load_run(ra)], n_resamples=100)
+    assert c.mismatches == ["a mixes several simulation prompt versions: ['sim-v1', 'sim-v2']"]
+
+
+def test_v1_scores_compare_identically(two_runs, tmp_path):
+    ra, rb, _, _ = two_runs
+    old = tmp_path / "old" / "run_a"
+    shutil.copytree(ra, old)
+    downgrade_scores_to_v1(old)
+    assert load_run(old).scores[0].heldout_hash is None
+    new = compare_runs([load_run(ra), load_run(rb)], n_resamples=300)
+    c = compare_runs([load_run(old), load_run(rb)], n_resamples=300)
+    pd.testing.assert_frame_equal(c.summary, new.summary)
+    # The held-out excerpts of the 0.1 run are checked from its simulations.jsonl...
+    assert c.mismatches == [] and c.notes == []
+    moved = compare_runs(
+        [load_run(old), load_run(make_run(tmp_path / "moved", _scores(1, 0.0), excerpt_seed=3))],
+        n_resamples=100,
+    )
+    assert any("held-out excerpts differ" in m for m in moved.mismatches)
+    # ...and without them there is nothing to check them with: a note says so.
+    (old / "simulations.jsonl").unlink()
+    c = compare_runs([load_run(old), load_run(rb)], n_resamples=300)
+    assert c.mismatches == []
+    assert c.notes == [
+        "cannot check held-out excerpts (no heldout_hash in scores.jsonl and no "
+        "simulations.jsonl) for: run_a"
+    ]
+
+
+def test_cli_compares_a_new_scorer(two_runs, tmp_path):
+    ra, rb, _, _ = two_runs
+    for run in (ra, rb):
+        add_scorer(run, "detection", detection_metrics, primary_metric="balanced_accuracy")
+    out = tmp_path / "c.csv"
+    md = tmp_path / "c.md"
+    args = ["--scorer", "detection", "--metric", "auc", "--resamples", "200"]
+    run_cli("compare", str(ra), str(rb), *args, "--csv", str(out), "--markdown", str(md))
+    df = pd.read_csv(out, index_col="run")
+    assert list(df["scorer"]) == ["detection"] * 2 and list(df["metric"]) == ["auc"] * 2
+    expected = compare_runs(
+        [load_run(ra), load_run(rb)], scorer="detection", metric="auc", n_resamples=200
+    )
+    assert df["mean_score"].tolist() == pytest.approx(expected.summary["mean_score"].tolist())
+    assert "## Mean auc by layer (detection)" in md.read_text()
+    bad = run_cli("compare", str(ra), "--scorer", "detection", "--metric", "nope", check=False)
+    assert bad.returncode != 0

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from neuroscribe.embedded import embedded_model_dir
 from neuroscribe.errors import ConfigError
-from neuroscribe.llm import make_llm
+from neuroscribe.llm import make_llm, unwrap
 from neuroscribe.llm.base import LLM
 from neuroscribe.llm.local import (
     LocalLLM,
@@ -79,7 +79,7 @@ def test_specs_local_only_with_the_prefix(tmp_path):
     (tmp_path / "notamodel").mkdir()
     with pytest.raises(ConfigError, match=r"no config\.json"):
         resolve_local_spec(f"hf:{tmp_path / 'notamodel'}")
-    assert isinstance(make_llm("hf:embedded"), LocalLLM)
+    assert isinstance(unwrap(make_llm("hf:embedded")), LocalLLM)
     assert isinstance(LocalLLM("hf:embedded"), LLM)
 
 

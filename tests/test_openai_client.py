@@ -8,9 +8,10 @@ import logging
 import pytest
 
 from neuroscribe.errors import ConfigError, LLMError
-from neuroscribe.llm import make_llm
+from neuroscribe.llm import make_llm, unwrap
 from neuroscribe.llm.base import LLM
 from neuroscribe.llm.limits import RetryPolicy
+from neuroscribe.llm.openai import OpenAIClient, ProbeCache
 from neuroscribe.llm.openai_api import OpenAICompatibleLLM
 from neuroscribe.llm.pricing import Price
 from servers import free_port
@@ -24,7 +25,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def client(server, **kw) -> OpenAICompatibleLLM:
+def client(server, **kw):
     kw.setdefault("timeout_s", 120)
     return make_llm(server.model, base_url=server.base_url, **kw)  # type: ignore[return-value]
 
@@ -33,7 +34,7 @@ def test_make_llm_picks_the_backend_and_reads_env(llama_server, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", llama_server.base_url)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     llm = make_llm("smollm2")
-    assert isinstance(llm, OpenAICompatibleLLM) and isinstance(llm, LLM)
+    assert isinstance(unwrap(llm), OpenAIClient) and isinstance(llm, LLM)
     assert llm.base_url == llama_server.base_url
     monkeypatch.delenv("OPENAI_BASE_URL")
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
@@ -151,7 +152,8 @@ def test_completion_logprobs_without_echo(llama_server):
 
 
 def test_probe_reports_capabilities_once(llama_server):
-    llm = client(llama_server)
+    shared = ProbeCache()
+    llm = client(llama_server, probes=shared)
     result = run(llm.probe())
     assert result["model_listed"] is True and result["served_models"] == ["smollm2"]
     assert result["completions"] and result["echo_logprobs"]
@@ -162,10 +164,13 @@ def test_probe_reports_capabilities_once(llama_server):
     # llama.cpp takes a schema only inside json_object, not OpenAI's json_schema type.
     assert result["json_schema"] is False
     assert set(result["errors"]) == {"json_schema"}
-    # cached per base_url + model: a new client asks nothing
-    other = client(llama_server)
+    # cached per base_url + model: a client sharing the cache asks nothing
+    other = client(llama_server, probes=shared)
     assert run(other.probe()) is result
-    assert other.usage.requests == 0
+    assert other.usage.requests == 0 and other.limits.attempts == 0
+    caps = run(other.capabilities())
+    assert caps.prompt_logprobs and caps.chat_top_logprobs and caps.echo_shift == 1
+    assert caps.ten_single_token is False and caps.scale_max == 9
     # a stored result (e.g. from the manifest) can be passed in
     seeded = OpenAICompatibleLLM("other-name", base_url=llama_server.base_url, probe=result)
     assert seeded.probe_result["echo_shift"] == 1

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from _reportruns import HOSTILE, make_run
+from _cli import run_cli
+from _reportruns import (
+    HOSTILE,
+    add_scorer,
+    detection_metrics,
+    downgrade_scores_to_v1,
+    make_run,
+)
 from neuroscribe.cli.app import _register_commands, app
 from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
 from neuroscribe.jsonl import append_jsonl, read_jsonl
 from neuroscribe.publish import (
-    _ARROW_SCHEMA,
     PublishedExplanation,
+    arrow_schema,
+    build_rows,
     publish_run,
     push_folder_to_hub,
 )
 from neuroscribe.rundir import load_run
 from neuroscribe.schema import Failure, NeuronRecord
+
+# Today's score columns of a simulation-scored run, which existing users read by name.
+SIMULATION_COLUMNS = ["score", "top_score", "random_score", "r2", "abs_dev_score"]
+SIMULATION_COLUMNS += ["ci_low", "ci_high"]
 
 SCORES = {
     "tiny/gpt/0/1": [0.5, 0.7],
@@ -45,7 +60,24 @@ def _canon(rows: list[dict]) -> list[dict]:
 
 
 def test_schema_matches_model():
-    assert set(_ARROW_SCHEMA.names) == set(PublishedExplanation.model_fields)
+    schema = arrow_schema(["score", "x_auc"])
+    assert schema.names == [*PublishedExplanation.model_fields, "score", "x_auc"]
+    assert schema.field("x_auc").type == pa.float64()
+
+
+def test_simulation_run_keeps_todays_columns(run_dir, tmp_path):
+    out = tmp_path / "ds"
+    publish_run(load_run(run_dir), out)
+    schema = pq.read_schema(out / "explanations.parquet")
+    assert schema.names[-len(SIMULATION_COLUMNS) :] == SIMULATION_COLUMNS
+    # r2 and abs_dev_score are null on every row, yet typed.
+    for name in SIMULATION_COLUMNS:
+        assert schema.field(name).type == pa.float64()
+    for name in ("simulator", "strategy", "prompt_version", "scorer"):
+        assert schema.field(name).type == pa.string()
+    row = json.loads((out / "explanations.jsonl").read_text().splitlines()[0])
+    assert row["scorer"] == "simulation" and row["r2"] is None
+    assert row["ci_low"] == pytest.approx(row["score"] - 0.1)
 
 
 def test_publish_round_trips_through_jsonl_parquet_and_datasets(run_dir, tmp_path):
@@ -105,7 +137,12 @@ def test_card_front_matter_parses(run_dir, tmp_path):
         }
     ]
     assert "tiny/gpt" in meta["pretty_name"]
-    assert "mean explanation score: 0.383" in text  # (0.5+0.7+0.1+0.9-0.2+0.3)/6
+    # (0.5+0.7+0.1+0.9-0.2+0.3)/6
+    assert "mean explanation score (simulation `score`): 0.383" in text
+    columns = [line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ")]
+    for name in SIMULATION_COLUMNS:
+        assert name in columns
+    assert not any(c.startswith("detection_") for c in columns)
 
 
 def test_openai_layout(run_dir, tmp_path):
@@ -187,3 +224,83 @@ def test_cli_publish(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "wrote 6 explanations of 3 units" in res.output
     assert (out / "openai" / "explanations" / "0" / "1.jsonl").exists()
+
+
+def _with_detection(tmp_path):
+    run = make_run(tmp_path / "run", SCORES, hostile_unit="tiny/gpt/0/2")
+    add_scorer(
+        run,
+        "detection",
+        detection_metrics,
+        primary_metric="balanced_accuracy",
+        interval_metric="auc",
+        flags=["few_negatives"],
+    )
+    return run
+
+
+def test_a_new_scorer_gets_its_own_columns(tmp_path):
+    run = _with_detection(tmp_path)
+    out = tmp_path / "ds"
+    publish_run(load_run(run), out)
+    new = ["detection_balanced_accuracy", "detection_auc"]
+    new += ["detection_ci_low", "detection_ci_high"]
+
+    rows = [r.model_dump() for r in read_jsonl(out / "explanations.jsonl", PublishedExplanation)]
+    r = next(x for x in rows if x["explanation_id"] == "tiny/gpt/3/4#explainer-a#1")
+    # The simulation columns are unchanged; the detection ones sit beside them.
+    assert r["score"] == -0.2 and r["random_score"] == -0.1 and r["scorer"] == "simulation"
+    assert r["detection_balanced_accuracy"] == pytest.approx(0.5 - 0.2 / 4)
+    assert r["detection_auc"] == pytest.approx(0.5 - 0.2 / 2)
+    assert r["detection_ci_low"] == pytest.approx(r["detection_auc"] - 0.05)
+    assert r["flags"] == ["detection:few_negatives"]
+
+    table = pq.read_table(out / "explanations.parquet")
+    assert table.schema.names[-len(SIMULATION_COLUMNS + new) :] == SIMULATION_COLUMNS + new
+    for name in new:
+        assert table.schema.field(name).type == pa.float64()
+    assert _canon(table.to_pandas().to_dict("records")) == _canon(rows)
+
+    card = (out / "README.md").read_text()
+    columns = [line.split(" | ")[0][2:] for line in card.splitlines() if line.startswith("| ")]
+    assert [c for c in columns if c.startswith("detection_")] == new
+    assert "mean `detection_auc`: " in card
+
+
+def test_a_new_scorer_alone_gets_bare_columns(tmp_path):
+    # A run scored only by another scorer: its metrics are the bare, primary columns.
+    run = _with_detection(tmp_path)
+    lines = (run / "scores.jsonl").read_text().splitlines()
+    kept = [line for line in lines if '"scorer":"detection"' in line.replace(" ", "")]
+    assert len(kept) == 6
+    (run / "scores.jsonl").write_text("\n".join(kept) + "\n")
+    rows = build_rows(load_run(run))
+    assert list(rows[0].metrics) == ["balanced_accuracy", "auc", "ci_low", "ci_high"]
+    assert {r.scorer for r in rows} == {"detection"}
+    best = [r.explanation_id for r in rows if r.best_for_unit]
+    assert "tiny/gpt/3/4#explainer-a#0" in best  # highest balanced accuracy of its unit
+    with pytest.raises(DataError, match="--openai-layout needs simulation scores"):
+        publish_run(load_run(run), tmp_path / "ds", openai_layout=True)
+
+
+def test_cli_publish_with_a_new_scorer(tmp_path):
+    run = _with_detection(tmp_path)
+    out = tmp_path / "ds"
+    run_cli("publish", str(run), "--out", str(out))
+    df = pd.read_parquet(out / "explanations.parquet")
+    assert {"score", "detection_balanced_accuracy", "detection_auc"} <= set(df.columns)
+    assert df["detection_auc"].notna().all()
+
+
+def test_v1_scores_publish_identically(tmp_path):
+    v2 = make_run(tmp_path / "v2", SCORES, hostile_unit="tiny/gpt/0/2")
+    v1 = tmp_path / "v1"
+    shutil.copytree(v2, v1)
+    downgrade_scores_to_v1(v1)
+    assert '"top_score"' in (v1 / "scores.jsonl").read_text().splitlines()[0]
+    for name in ("v1", "v2"):
+        publish_run(load_run(tmp_path / name), tmp_path / f"ds-{name}", openai_layout=True)
+    for f in ("explanations.jsonl", "openai/explanations/3/4.jsonl"):
+        assert (tmp_path / "ds-v1" / f).read_text() == (tmp_path / "ds-v2" / f).read_text()
+    a = pq.read_table(tmp_path / "ds-v1" / "explanations.parquet")
+    assert a.equals(pq.read_table(tmp_path / "ds-v2" / "explanations.parquet"))

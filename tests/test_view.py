@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from _reportruns import HOSTILE, make_run
+from _cli import run_cli
+from _reportruns import HOSTILE, add_scorer, detection_metrics, downgrade_scores_to_v1, make_run
 from neuroscribe.cli.app import _register_commands, app
 from neuroscribe.rundir import load_run
 from neuroscribe.view import make_server, render_report
@@ -116,3 +118,72 @@ def test_cli_view_writes_report(tmp_path):
     assert res.exit_code == 0, res.output
     assert "3 units" in res.output
     assert set(u["unit_id"] for u in _embedded(out.read_text())["units"]) == set(SCORES)
+
+
+def test_every_scorer_is_in_the_unit_detail(tmp_path):
+    run_dir = make_run(tmp_path / "run", SCORES, hostile_unit=HOSTILE_UNIT)
+    add_scorer(
+        run_dir,
+        "detection",
+        detection_metrics,
+        primary_metric="balanced_accuracy",
+        model="det-llm",
+        interval_metric="auc",
+    )
+    data = _embedded(render_report(load_run(run_dir)))
+    meta = data["meta"]
+    assert [s["name"] for s in meta["scorers"]] == ["simulation", "detection"]
+    det = meta["scorers"][1]
+    assert det["models"] == ["det-llm"] and det["metrics"] == ["balanced_accuracy", "auc"]
+    assert (meta["primary_scorer"], meta["primary_metric"]) == ("simulation", "score")
+    # The unit list still ranks by the simulation score.
+    units = {u["unit_id"]: u for u in data["units"]}
+    assert units["tiny/gpt/0/1"]["best_score"] == 0.8
+
+    d = data["details"][0]
+    x = d["explanations"][0]
+    assert x["score"] == 0.8
+    assert [s["scorer"] for s in x["scores"]] == ["simulation", "detection"]
+    sim, det = x["scores"]
+    assert sim["metrics"]["random_score"] == 0.4 and sim["interval"]["metric"] == "score"
+    assert det["metrics"] == {"balanced_accuracy": 0.7, "auc": 0.9}
+    assert det["primary_metric"] == "balanced_accuracy" and det["model"] == "det-llm"
+    assert det["interval"] == pytest.approx(
+        {"metric": "auc", "low": 0.85, "high": 0.95, "level": 0.9}
+    )
+
+
+def test_served_unit_detail_has_every_scorer(tmp_path):
+    run_dir = make_run(tmp_path / "run", SCORES)
+    add_scorer(run_dir, "detection", detection_metrics, primary_metric="balanced_accuracy")
+    srv = make_server(load_run(run_dir), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        d = httpx.get(f"{url}/api/unit", params={"id": "tiny/gpt/1/3"}, timeout=10).json()
+        assert d["explanations"][0]["scores"][1]["metrics"]["auc"] == pytest.approx(0.75)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_v1_scores_view_identically(tmp_path):
+    v2 = make_run(tmp_path / "v2", SCORES, hostile_unit=HOSTILE_UNIT)
+    v1 = tmp_path / "v1"
+    shutil.copytree(v2, v1)
+    downgrade_scores_to_v1(v1)
+    a, b = (_embedded(render_report(load_run(p))) for p in (v1, v2))
+    a["meta"]["run"] = b["meta"]["run"]
+    assert a == b
+
+
+def test_cli_view_shows_a_new_scorer(tmp_path):
+    run_dir = make_run(tmp_path / "run", SCORES)
+    add_scorer(run_dir, "detection", detection_metrics, primary_metric="balanced_accuracy")
+    out = tmp_path / "report.html"
+    run_cli("view", str(run_dir), "--out", str(out))
+    d = _embedded(out.read_text())["details"][0]
+    assert {s["scorer"] for x in d["explanations"] for s in x["scores"]} == {
+        "simulation",
+        "detection",
+    }

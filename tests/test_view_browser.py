@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _reportruns import HOSTILE, make_run
+from _reportruns import HOSTILE, add_scorer, detection_metrics, make_run
 from neuroscribe.rundir import load_run
 from neuroscribe.view import make_server, write_report
 
@@ -55,9 +55,17 @@ def run(tmp_path_factory):
         f"tiny/gpt/{layer}/{index}": [round(0.9 - 0.07 * n, 3), round(0.5 - 0.05 * n, 3)]
         for n, (layer, index) in enumerate((n // 4, n) for n in range(12))
     }
-    return load_run(
-        make_run(tmp_path_factory.mktemp("v") / "run", scores, hostile_unit=HOSTILE_UNIT)
+    path = make_run(tmp_path_factory.mktemp("v") / "run", scores, hostile_unit=HOSTILE_UNIT)
+    # A second scorer the page knows nothing about: its metrics are shown by name.
+    add_scorer(
+        path,
+        "detection",
+        detection_metrics,
+        primary_metric="balanced_accuracy",
+        model="det-llm",
+        flags=[HOSTILE[1]],
     )
+    return load_run(path)
 
 
 def _watch(page):
@@ -129,6 +137,30 @@ def test_report_in_browser(browser, run, tmp_path):
     # Every explanation and excerpt is there.
     assert page.locator("#detail details.explanation").count() == 2
     assert page.locator("#detail details.explanation[open] .excerpt").count() == 3
+    # Every scorer's metrics, by name, as text (a hostile flag stays text).
+    opened = page.locator("#detail details.explanation[open]")
+    lines = opened.locator("p.score-line")
+    assert [lines.nth(i).get_attribute("data-scorer") for i in range(2)] == [
+        "simulation",
+        "detection",
+    ]
+    det = opened.locator('p.score-line[data-scorer="detection"]')
+    assert det.locator(".scorer-name").text_content() == "detection (det-llm)"
+    metrics = det.locator(".metric[data-metric]")
+    assert [metrics.nth(i).get_attribute("data-metric") for i in range(2)] == [
+        "balanced_accuracy",
+        "auc",
+    ]
+    score = float(opened.locator(".score-badge").text_content())
+    assert det.locator('[data-metric="auc"]').text_content() == f"auc {min(1, 0.5 + score / 2):.3f}"
+    assert det.locator(".flags").text_content() == "flags: " + HOSTILE[1]
+    sim = opened.locator('p.score-line[data-scorer="simulation"]')
+    assert sim.locator('[data-metric="score"]').text_content() == f"score {score:.3f}"
+    assert "95% CI of score" in sim.locator(".interval").text_content()
+    assert (
+        "scored by simulation (sim-x), detection (det-llm)"
+        in page.locator("#run-meta").text_content()
+    )
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "view-report.png"), full_page=True)

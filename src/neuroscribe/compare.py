@@ -1,11 +1,14 @@
 """Compare runs that explained the same units: which explainer writes better explanations?
 
-Scores are only comparable when every run simulated with the same simulator, strategy
-and simulation prompt on the same held-out excerpts; `check_comparable` lists every
-difference and the caller refuses (or warns loudly) when the list is not empty. Only
-the units every run scored are compared.
+One scorer's metric is compared, read by name from `Score.metrics` (by default the
+reference `simulation` scorer if the baseline has it, else its first scorer, and that
+scorer's primary metric), so a new scorer can be compared without edits here. Scores
+are only comparable when every run scored with the same settings (the scorer's
+`comparable` dict: simulator, strategy, prompt version...) on the same held-out
+excerpts; `check_comparable` lists every difference and the caller refuses (or warns
+loudly) when the list is not empty. Only the units every run scored are compared.
 
-Per unit a run's score is the mean of its explanations' scores (the honest default: a
+Per unit a run's score is the mean of its explanations' values (the honest default: a
 run that samples more explanations gets no best-of-k bonus) or, with
 `per_unit="best"`, the best one. Intervals are percentile bootstraps over units; the
 paired difference against the first run gets a bootstrap interval, a Wilcoxon
@@ -14,22 +17,45 @@ signed-rank p-value and a paired t-test p-value.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from neuroscribe.errors import DataError
 from neuroscribe.rundir import Run, split_unit_id
+from neuroscribe.schema import Score
+from neuroscribe.scorer.base import fingerprint
 
 PerUnit = Literal["mean", "best"]
+
+# The scorer compare, publish and view pick when none is named: the reference one.
+REFERENCE_SCORER = "simulation"
+
+
+def default_scorer(run: Run) -> str | None:
+    """The reference scorer if the run has it, else the run's first scorer (None: unscored)."""
+    scorers = run.scorers()
+    if REFERENCE_SCORER in scorers:
+        return REFERENCE_SCORER
+    return scorers[0] if scorers else None
+
+
+def default_metric(run: Run, scorer: str) -> str:
+    """The primary metric of `scorer`'s scores in this run (of its first score line)."""
+    for s in run.scores:
+        if s.scorer == scorer:
+            return s.primary_metric
+    raise DataError(f"{run.path}: no scores by scorer {scorer!r} (it has: {_scorer_list(run)})")
+
+
+def _scorer_list(run: Run) -> str:
+    return ", ".join(run.scorers()) or "none"
 
 
 # ---------------------------------------------------------------- statistics (pure)
@@ -87,6 +113,8 @@ def paired_test(
         # Identical scores: no evidence of a difference at all.
         wilcoxon_p = ttest_p = 1.0
     elif d.size >= 2:
+        from scipy import stats  # imported here: the rest of the module does without it
+
         wilcoxon_p = float(stats.wilcoxon(a, b).pvalue)
         if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
             # The same non-zero difference on every unit: t is infinite, p is 0.
@@ -107,53 +135,93 @@ def paired_test(
 # ---------------------------------------------------------------- comparability
 
 
-def _values(run: Run, attr: str, manifest_stage: str, manifest_key: str) -> set[str]:
-    vals = {str(getattr(s, attr)) for s in run.scores}
-    if not vals and run.manifest is not None:
-        v = run.manifest.stages.get(manifest_stage, {}).get(manifest_key)
-        if v is not None:
-            vals = {str(v)}
-    return vals
+# Keys of a `comparable` dict that read well on their own; others are prefixed with the
+# scorer's name ("simulation strategy", "detection prompt version").
+_PLAIN_KEYS = {"scorer", "simulator"}
 
 
-def _excerpt_fingerprints(run: Run) -> dict[str, str]:
-    """Per unit, a hash of its held-out excerpts: ids, roles, tokens and true activations."""
+def _label(scorer: str, key: str) -> str:
+    words = key.replace("_", " ")
+    return words if key in _PLAIN_KEYS else f"{scorer} {words}"
+
+
+def _shown(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def _settings(scores: list[Score]) -> set[str]:
+    """The distinct `comparable` dicts of these scores, as canonical JSON."""
+    return {json.dumps(s.comparable, sort_keys=True, default=str) for s in scores}
+
+
+def _heldout_fingerprints(run: Run, scores: list[Score]) -> dict[str, frozenset[str]]:
+    """Per unit, the fingerprints of the held-out excerpts its explanations were scored on.
+
+    A score's own `heldout_hash`; for lines upgraded from 0.1 (which lack it) the same
+    fingerprint computed from that explanation's simulations. Units with neither are
+    left out.
+    """
+    sims = run.simulations_by_explanation()
     per_unit: dict[str, set[str]] = defaultdict(set)
-    for s in run.simulations:
-        payload = json.dumps(
-            [s.excerpt_id, s.role, s.tokens, [round(a, 5) for a in s.true_activations]]
-        )
-        per_unit[s.unit_id].add(payload)
-    return {
-        u: hashlib.sha256("\n".join(sorted(p)).encode()).hexdigest() for u, p in per_unit.items()
-    }
+    for s in scores:
+        h = s.heldout_hash
+        if h is None and s.explanation_id in sims:
+            h = fingerprint(
+                (x.excerpt_id, x.role, x.tokens, x.true_activations) for x in sims[s.explanation_id]
+            )
+        if h is not None:
+            per_unit[s.unit_id].add(h)
+    return {u: frozenset(v) for u, v in per_unit.items()}
 
 
-def check_comparable(runs: list[Run], units: list[str]) -> tuple[list[str], list[str]]:
-    """Return (mismatches, notes). Mismatches make the scores incomparable."""
+def check_comparable(
+    runs: list[Run], units: list[str], scorer: str | None = None
+) -> tuple[list[str], list[str]]:
+    """Return (mismatches, notes) for `scorer`'s scores. Mismatches make them incomparable.
+
+    Per run, every score must carry the same `comparable` settings, equal across runs
+    (each differing key is named); per shared unit, the held-out excerpts must match.
+    """
+    scorer = scorer or default_scorer(runs[0]) or REFERENCE_SCORER
     mismatches: list[str] = []
     notes: list[str] = []
-    for label, attr, stage, key in (
-        ("simulator", "simulator", "simulate", "simulator"),
-        ("simulation strategy", "strategy", "simulate", "strategy"),
-        ("simulation prompt version", "prompt_version", "simulate", "prompt_version"),
-    ):
-        per_run = [_values(r, attr, stage, key) for r in runs]
+    scores = [r.latest_scores(scorer) for r in runs]
+    settings = [[s.comparable for s in run_scores] for run_scores in scores]
+    keys = list(dict.fromkeys(k for per_run in settings for d in per_run for k in d))
+    for key in keys:
+        per_run = [{_shown(d.get(key)) for d in ds} for ds in settings]
         for r, v in zip(runs, per_run, strict=True):
             if len(v) > 1:
-                mismatches.append(f"{r.name} mixes several {label}s: {sorted(v)}")
+                mismatches.append(f"{r.name} mixes several {_label(scorer, key)}s: {sorted(v)}")
         if len({frozenset(v) for v in per_run}) > 1:
             shown = ", ".join(f"{r.name}={sorted(v)}" for r, v in zip(runs, per_run, strict=True))
-            mismatches.append(f"different {label}: {shown}")
+            mismatches.append(f"different {_label(scorer, key)}: {shown}")
+    if not mismatches and len({frozenset(_settings(x)) for x in scores}) > 1:
+        # Every key takes the same values, combined differently: name the whole settings.
+        shown = ", ".join(
+            f"{r.name}={sorted(_settings(x))}" for r, x in zip(runs, scores, strict=True)
+        )
+        mismatches.append(f"different {scorer} settings: {shown}")
+    if not keys:
+        notes.append(f"the {scorer} scores declare no settings to compare (no `comparable`)")
 
-    fps = [_excerpt_fingerprints(r) for r in runs]
+    fps = [_heldout_fingerprints(r, x) for r, x in zip(runs, scores, strict=True)]
     missing = [r.name for r, fp in zip(runs, fps, strict=True) if not fp]
     if missing:
         notes.append(
-            f"cannot check held-out excerpts (no simulations.jsonl) for: {', '.join(missing)}"
+            "cannot check held-out excerpts (no heldout_hash in scores.jsonl and no "
+            f"simulations.jsonl) for: {', '.join(missing)}"
         )
-    else:
-        differ = [u for u in units if len({fp.get(u) for fp in fps}) > 1]
+    for r, fp in zip(runs, fps, strict=True):
+        mixed = [u for u in units if len(fp.get(u, ())) > 1]
+        if mixed:
+            mismatches.append(
+                f"{r.name} scored explanations of {len(mixed)} units on different held-out "
+                f"excerpts (first: {mixed[0]})"
+            )
+    known = [fp for fp in fps if fp]
+    if len(known) > 1:
+        differ = [u for u in units if len({fp.get(u) for fp in known if u in fp}) > 1]
         if differ:
             mismatches.append(
                 f"held-out excerpts differ for {len(differ)} of {len(units)} shared units "
@@ -180,19 +248,56 @@ class Comparison:
     n_units: dict[str, int]
     per_unit: str
     summary: pd.DataFrame  # one row per run
-    by_layer: pd.DataFrame  # layer × run: mean per-unit score
+    by_layer: pd.DataFrame  # layer × run: mean per-unit value
     unit_scores: pd.DataFrame  # unit × run
     mismatches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    scorer: str = REFERENCE_SCORER
+    metric: str = "score"
 
 
-def unit_scores(run: Run, per_unit: PerUnit = "mean") -> pd.Series:
-    """One score per unit: the mean (or best) of its explanations' latest scores."""
+def unit_scores(
+    run: Run, per_unit: PerUnit = "mean", scorer: str | None = None, metric: str | None = None
+) -> pd.Series:
+    """One value per unit: the mean (or best) of `metric` over its explanations' latest scores.
+
+    `scorer` defaults to `default_scorer(run)`, `metric` to that scorer's primary metric.
+    Explanations whose score lacks the metric (a None) are left out; so is a unit with
+    no value at all.
+    """
+    scorer = scorer or default_scorer(run)
+    if scorer is None:
+        return pd.Series({}, name=run.name, dtype=float)
+    metric = metric or default_metric(run, scorer)
     by_unit: dict[str, list[float]] = defaultdict(list)
-    for s in run.latest_scores():
-        by_unit[s.unit_id].append(s.score)
+    for s in run.latest_scores(scorer):
+        v = s.metrics.get(metric)
+        if v is not None:
+            by_unit[s.unit_id].append(v)
     agg = np.mean if per_unit == "mean" else np.max
     return pd.Series({u: float(agg(v)) for u, v in by_unit.items()}, name=run.name, dtype=float)
+
+
+def _resolve(runs: list[Run], scorer: str | None, metric: str | None) -> tuple[str, str]:
+    """The scorer and metric to compare (defaults from the baseline), checked in every run."""
+    base = runs[0]
+    scorer = scorer or default_scorer(base)
+    if scorer is None:
+        raise DataError(f"{base.path}: no scores.jsonl lines: nothing to compare")
+    metric = metric or default_metric(base, scorer)
+    for run in runs:
+        if scorer not in run.scorers():
+            raise DataError(
+                f"{run.path}: no scores by scorer {scorer!r} (it has: {_scorer_list(run)}); "
+                "choose one with --scorer"
+            )
+        names = {m for s in run.latest_scores(scorer) for m in s.metrics}
+        if metric not in names:
+            raise DataError(
+                f"{run.path}: the {scorer} scores have no metric {metric!r} "
+                f"(they have: {', '.join(sorted(names)) or 'none'}); choose one with --metric"
+            )
+    return scorer, metric
 
 
 def _run_labels(runs: list[Run]) -> list[str]:
@@ -241,23 +346,33 @@ def _explainers(run: Run) -> str:
 
 
 def compare_runs(
-    runs: list[Run], per_unit: PerUnit = "mean", n_resamples: int = 10_000, seed: int = 0
+    runs: list[Run],
+    per_unit: PerUnit = "mean",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    scorer: str | None = None,
+    metric: str | None = None,
 ) -> Comparison:
-    """Compare runs on the units they all scored; the first run is the baseline."""
+    """Compare runs on the units they all scored; the first run is the baseline.
+
+    `scorer` and `metric` name what is compared (see `unit_scores` for the defaults,
+    taken from the baseline); every run must have that scorer's metric.
+    """
     if not runs:
         raise DataError("compare needs at least one run")
+    scorer, metric = _resolve(runs, scorer, metric)
     labels = _run_labels(runs)
     series = []
     for run, label in zip(runs, labels, strict=True):
-        s = unit_scores(run, per_unit)
+        s = unit_scores(run, per_unit, scorer=scorer, metric=metric)
         if s.empty:
-            raise DataError(f"{run.path}: no scores.jsonl lines: nothing to compare")
+            raise DataError(f"{run.path}: no {scorer} {metric} values: nothing to compare")
         series.append(s.rename(label))
     shared = sorted(set.intersection(*(set(s.index) for s in series)))
     if not shared:
         raise DataError("the runs share no scored unit: nothing to compare")
     table = pd.concat([s.loc[shared] for s in series], axis=1)
-    mismatches, notes = check_comparable(runs, shared)
+    mismatches, notes = check_comparable(runs, shared, scorer)
 
     base = table[labels[0]].to_numpy()
     rows = []
@@ -266,6 +381,8 @@ def compare_runs(
         ci = bootstrap_mean_ci(v, n_resamples=n_resamples, seed=seed)
         row: dict[str, object] = {
             "run": label,
+            "scorer": scorer,
+            "metric": metric,
             "explainer": _explainers(run),
             "units": len(v),
             "mean_score": float(v.mean()),
@@ -310,6 +427,8 @@ def compare_runs(
         unit_scores=table,
         mismatches=mismatches,
         notes=notes,
+        scorer=scorer,
+        metric=metric,
     )
 
 
@@ -336,7 +455,7 @@ def formatted_summary(c: Comparison) -> pd.DataFrame:
     out = pd.DataFrame(index=s.index)
     out["explainer"] = s["explainer"]
     out["units"] = s["units"].astype(str)
-    out["mean score [95% CI]"] = [
+    out[f"mean {c.metric} [95% CI]"] = [
         f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
         for m, lo, hi in zip(s["mean_score"], s["ci_low"], s["ci_high"], strict=True)
     ]
@@ -369,7 +488,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 def _header_lines(c: Comparison) -> list[str]:
     lines = [
         f"Compared {c.n_shared} units scored by all {len(c.runs)} runs "
-        f"(per-unit score: {c.per_unit} of its explanations; baseline: {c.runs[0]}).",
+        f"(scorer: {c.scorer}, metric: {c.metric}; per-unit value: {c.per_unit} of its "
+        f"explanations; baseline: {c.runs[0]}).",
     ]
     for label in c.runs:
         if c.n_units[label] != c.n_shared:
@@ -387,7 +507,7 @@ def to_markdown(c: Comparison) -> str:
                 "# Explainer comparison",
                 "\n".join(f"- {line}" for line in _header_lines(c)),
                 markdown_table(formatted_summary(c)),
-                "## Mean score by layer",
+                f"## Mean {c.metric} by layer ({c.scorer})",
                 markdown_table(by_layer),
             ]
         )
@@ -406,7 +526,8 @@ def to_html(c: Comparison) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
         f"<h1>Explainer comparison</h1><ul>{items}</ul>"
         f"{formatted_summary(c).to_html(escape=True)}"
-        f"<h2>Mean score by layer</h2>{c.by_layer.to_html(escape=True, float_format='%.3f')}"
+        f"<h2>Mean {html.escape(c.metric)} by layer ({html.escape(c.scorer)})</h2>"
+        f"{c.by_layer.to_html(escape=True, float_format='%.3f')}"
         "</body></html>\n"
     )
 
@@ -417,7 +538,7 @@ def write_csv(c: Comparison, path: Path) -> None:
 
 
 def plot(c: Comparison, path: Path) -> None:
-    """Score distributions per run (box + points) and paired differences, as a PNG."""
+    """Distributions of the compared metric per run (box + points) and paired differences."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +553,7 @@ def plot(c: Comparison, path: Path) -> None:
     rng = np.random.default_rng(0)
     for i, v in enumerate(data, start=1):
         ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=8, alpha=0.5)
-    ax.set_ylabel(f"explanation score ({c.per_unit} per unit)")
+    ax.set_ylabel(f"{c.scorer} {c.metric} ({c.per_unit} per unit)")
     ax.set_title(f"{c.n_shared} shared units")
     if n > 1:
         ax2 = axes[0][1]

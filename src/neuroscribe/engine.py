@@ -1,4 +1,4 @@
-"""The one job engine every stage runs on.
+"""The one job engine every stage runs on (`run_stage`), and the dry run (`estimate_stage`).
 
 It owns the per-unit side of a job: bounded concurrency over work items, per-item
 failure isolation (a failing item is written to failures.jsonl and the job goes on),
@@ -10,12 +10,9 @@ cost, and the budget. Per-call retries, timeouts and rate limits live in the LLM
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,27 +26,12 @@ from rich.progress import (
 )
 
 from neuroscribe.errors import BudgetExceeded, LLMError, NeuroscribeError, OutputError
-from neuroscribe.jsonl import append_jsonl
-from neuroscribe.schema import Failure, UsageRecord
+from neuroscribe.estimate import StageEstimate
+from neuroscribe.rundir import RunDir
+from neuroscribe.schema import Failure
+from neuroscribe.stages.base import Estimate, Plan, Stage, WorkItem, WorkResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkItem:
-    key: str
-    unit_id: str
-    payload: Any
-    explanation_id: str | None = None
-
-
-@dataclass
-class WorkResult:
-    """What a finished item writes: {file: lines} plus its LLM usage."""
-
-    writes: dict[Path, list[BaseModel]] = field(default_factory=dict)
-    usage: list[UsageRecord] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +49,7 @@ class JobSummary:
     remaining: int = 0  # items not started because the budget ran out
     warnings: list[str] = field(default_factory=list)
     config_hash: str = ""  # the key space the stage wrote into
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the simulation strategy
 
     def line(self) -> str:
         cost = f", ${self.cost_usd:.4f}" if self.cost_usd else ""
@@ -99,7 +82,7 @@ Worker = Callable[[WorkItem], Awaitable[WorkResult]]
 class JobEngine:
     def __init__(
         self,
-        run_dir: Path,
+        run: RunDir,
         stage: str,
         config_hash: str,
         *,
@@ -109,7 +92,7 @@ class JobEngine:
         unit_cost_hint: float = 0.0,
         show_progress: bool = True,
     ) -> None:
-        self.run_dir = Path(run_dir)
+        self.rundir = run
         self.stage = stage
         self.config_hash = config_hash
         self.concurrency = max(1, concurrency)
@@ -147,17 +130,9 @@ class JobEngine:
         if n_items and not self._budget_allows_another():
             raise BudgetExceeded(
                 f"budget reached: ${self.spent:.4f} of --max-cost ${self.max_cost:.4f} "
-                f"spent in {self.run_dir} (about ${self.unit_cost_hint:.4f} a unit); "
+                f"spent in {self.rundir.root} (about ${self.unit_cost_hint:.4f} a unit); "
                 f"{n_items} {self.stage} units left. Rerun with a higher --max-cost to continue"
             )
-
-    @property
-    def failures_path(self) -> Path:
-        return self.run_dir / "failures.jsonl"
-
-    @property
-    def usage_path(self) -> Path:
-        return self.run_dir / "usage.jsonl"
 
     async def _commit(self, result: WorkResult, summary: JobSummary) -> None:
         """Count a finished item now; queue its lines for the writer (see `_write_batch`)."""
@@ -190,14 +165,14 @@ class JobEngine:
         So a crash can only leave spend recorded without its output (re-done on resume,
         the answer coming from the response cache), never an output twice.
         """
-        append_jsonl(self.usage_path, [u for r in batch for u in r.usage])
-        outputs: dict[Path, list[BaseModel]] = {}
+        self.rundir.append("usage", [u for r in batch for u in r.usage])
+        outputs: dict[str, list[BaseModel]] = {}
         for r in batch:
-            for path, lines in r.writes.items():
-                outputs.setdefault(path, []).extend(lines)
-        for path, lines in outputs.items():
-            append_jsonl(path, lines)
-        append_jsonl(self.failures_path, [f for r in batch for f in r.failures])
+            for name, lines in r.writes.items():
+                outputs.setdefault(name, []).extend(lines)
+        for name, lines in outputs.items():
+            self.rundir.append(name, lines)  # type: ignore[arg-type]
+        self.rundir.append("failures", [f for r in batch for f in r.failures])
 
     async def _flush(self) -> None:
         """Wait until every queued line is on disk (re-raises a write error)."""
@@ -209,14 +184,15 @@ class JobEngine:
             self._writer = asyncio.create_task(self._drain())
 
     def _failure(self, item: WorkItem, reason: str, raw: str | None = None) -> Failure:
+        k = item.key
         return Failure(
-            stage=self.stage,  # type: ignore[arg-type]
-            unit_id=item.unit_id,
-            key=item.key,
-            explanation_id=item.explanation_id,
+            stage=k.stage,
+            unit_id=k.unit_id,
+            explanation_id=k.explanation_id,
+            sample_index=k.sample_index,
             reason=reason,
             raw=raw,
-            config_hash=self.config_hash,
+            config_hash=k.config_hash,
         )
 
     async def run(
@@ -294,51 +270,53 @@ class JobEngine:
         return summary
 
 
-# ---------------------------------------------------------------- run summary
+# ---------------------------------------------------------------- stages
 
 
-def read_run_summary(run_dir: Path) -> dict[str, Any]:
-    """RUN/summary.json as a dict (empty stages when there is none yet)."""
-    path = Path(run_dir) / "summary.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"stages": {}, "totals": {}}
-    return data if isinstance(data, dict) else {"stages": {}, "totals": {}}
+def estimate_plan(stage: Stage, plan: Plan) -> StageEstimate:
+    """Sum the stage's per-item estimates over a plan (the dry run: nothing is sent)."""
+    est = StageEstimate(stage.name, stage.model)
+    total = Estimate()
+    for item in plan.items:
+        total = total + stage.estimate(item)
+    est.units = len(plan.items)
+    est.requests = total.requests
+    est.prompt_tokens = total.prompt_tokens
+    est.completion_tokens = total.completion_tokens
+    return est
 
 
-def write_run_summary(run_dir: Path, summaries: Sequence[JobSummary]) -> dict[str, Any]:
-    """Update RUN/summary.json: each stage's last invocation, plus all-time totals.
+def estimate_stage(stage: Stage, run: RunDir, *, retry_failed: bool = False) -> StageEstimate:
+    """Plan + estimate: exactly the items a real run would do, counted, none sent."""
+    return estimate_plan(stage, stage.plan(run, retry_failed=retry_failed))
 
-    `stages.<stage>` holds the counts of the last invocation of that stage (units done,
-    already done, failed, left for the budget; tokens; cost). `totals.<stage>` sums
-    usage.jsonl over the whole run (every invocation, cached calls included at $0).
-    Written atomically (temporary file + rename).
-    """
-    from neuroscribe.jsonl import read_jsonl_if_exists
-    from neuroscribe.schema import utc_now
 
-    run_dir = Path(run_dir)
-    data = read_run_summary(run_dir)
-    stages = data.setdefault("stages", {})
-    for s in summaries:
-        stages[s.stage] = s.as_dict()
-    totals: dict[str, dict[str, Any]] = {}
-    for u in read_jsonl_if_exists(run_dir / "usage.jsonl", UsageRecord):
-        t = totals.setdefault(
-            u.stage,
-            {"calls": 0, "cached_calls": 0, "prompt_tokens": 0, "completion_tokens": 0},
-        )
-        t["calls"] += 1
-        t["cached_calls"] += int(u.cached)
-        t["prompt_tokens"] += u.prompt_tokens
-        t["completion_tokens"] += u.completion_tokens
-        t["cost_usd"] = round(t.get("cost_usd", 0.0) + (u.cost_usd or 0.0), 6)
-    data["totals"] = totals
-    data["total_cost_usd"] = round(sum(t.get("cost_usd", 0.0) for t in totals.values()), 6)
-    data["updated_at"] = utc_now()
-    path = run_dir / "summary.json"
-    tmp = path.with_name(f".summary.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return data
+async def run_stage(
+    stage: Stage,
+    run: RunDir,
+    *,
+    concurrency: int = 8,
+    retry_failed: bool = False,
+    max_cost: float | None = None,
+    show_progress: bool = True,
+) -> JobSummary:
+    """Run any stage: plan, check the budget, record the config, do the items."""
+    plan = stage.plan(run, retry_failed=retry_failed)
+    cfg = stage.config()
+    h = stage.config_hash
+    warning = run.config_change(stage.name, cfg, h)
+    if warning:
+        log.warning(warning)
+    engine = JobEngine(
+        run, stage.name, h, concurrency=concurrency, max_cost=max_cost, show_progress=show_progress
+    )
+    if max_cost is not None:
+        spent, unit_cost = run.spend(stage.name)
+        engine.spent = engine.spent_before = spent
+        engine.unit_cost_hint = unit_cost
+        engine.check_budget(len(plan.items))  # before anything is written
+    # Recorded before the work starts, so a killed job's manifest names its config.
+    run.update_manifest(stage.name, {"config_hash": h, **cfg}, probes=stage.probes())
+    summary = await engine.run(plan.items, stage.do, skipped=plan.skipped)
+    summary.warnings = [warning] if warning else []
+    return summary

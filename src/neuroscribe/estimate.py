@@ -21,24 +21,16 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from neuroscribe.llm.base import is_local_spec
-from neuroscribe.llm.pricing import Price, cost, load_prices
+from neuroscribe.llm.pricing import Price, cost
 from neuroscribe.prompts import (
     build_chat_simulation_messages,
-    build_explain_prompt,
     build_json_simulation_messages,
     build_simulation_prompt,
 )
-from neuroscribe.schema import Explanation, NeuronRecord, SequenceSimulation
-from neuroscribe.simulator import scale_from_probe, strategy_from_probe
-from neuroscribe.splits import SplitConfig, split_record
 
 # A typical explanation (~13 tokens) stands in for explanations a `run` has not made yet.
-TYPICAL_EXPLANATION = "the word 'the' and other determiners at the start of a noun phrase"
-
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -58,7 +50,20 @@ class TokenCounter:
         if self._count_chat is not None:
             return self._count_chat(messages)
         # OpenAI's accounting: 3 tokens of framing per message, 3 to prime the reply.
-        return sum(3 + self._count(m.get("content", "")) for m in messages) + 3
+        return sum(3 + self._count(message_text(m)) for m in messages) + 3
+
+
+def message_text(message: Any) -> str:
+    """The text of a chat message whose content is a string or a list of content parts."""
+    content = message.get("content", "") if isinstance(message, dict) else message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content or []:
+        text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
+        if text:
+            parts.append(text)
+    return "".join(parts)
 
 
 def chars_per_4(text: str) -> int:
@@ -68,18 +73,12 @@ def chars_per_4(text: str) -> int:
 
 def token_counter(spec: str) -> TokenCounter:
     """The best token counter available for a model spec (see the module docstring)."""
-    if is_local_spec(spec):
-        from transformers import AutoTokenizer
+    from neuroscribe.llm.registry import backend_info
 
-        from neuroscribe.llm.local import chat_prompt_ids, resolve_local_spec
-
-        path = resolve_local_spec(spec)
-        tok = AutoTokenizer.from_pretrained(path)
-        return TokenCounter(
-            f"hf:{path}",
-            lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
-            lambda msgs: len(chat_prompt_ids(tok, msgs)),
-        )
+    exact = backend_info(spec).token_counter(spec)
+    if exact is not None:
+        count_text, count_chat, name = exact
+        return TokenCounter(name, count_text, count_chat)
     try:
         import tiktoken  # type: ignore[import-not-found]
 
@@ -110,8 +109,10 @@ class StageEstimate:
     notes: list[str] = field(default_factory=list)
 
     def price(self, table: dict[str, Price]) -> None:
-        if is_local_spec(self.model):
-            self.cost_usd = 0.0  # local compute is not priced
+        from neuroscribe.llm.registry import backend_info
+
+        if backend_info(self.model).free:
+            self.cost_usd = 0.0  # in-process compute is not priced
         else:
             self.cost_usd = cost(self.model, self.prompt_tokens, self.completion_tokens, table)
 
@@ -129,41 +130,7 @@ class StageEstimate:
         }
 
 
-def estimate_explain(
-    records: Sequence[NeuronRecord],
-    spec: str,
-    *,
-    splits: SplitConfig,
-    n_samples: int = 1,
-    max_tokens: int = 60,
-    n_examples: int = 3,
-    max_prompt_tokens: int | None = None,
-    skip_units: set[str] | None = None,
-    counter: TokenCounter | None = None,
-    prices: dict[str, Price] | None = None,
-) -> StageEstimate:
-    """Tokens and cost of explaining `records` (units in `skip_units` are already done)."""
-    counter = counter or token_counter(spec)
-    est = StageEstimate("explain", spec, tokenizer=counter.name)
-    for rec in records:
-        if skip_units and rec.unit_id in skip_units:
-            continue
-        train = split_record(rec, splits).train
-        prompt = build_explain_prompt(
-            [(e.record.tokens, e.record.activations) for e in train],
-            max_prompt_tokens=max_prompt_tokens,
-            n_examples=n_examples,
-        )
-        est.units += 1
-        est.requests += 1  # one request asks for all n samples (n=...)
-        est.prompt_tokens += counter.chat(prompt.messages)
-        est.completion_tokens += n_samples * max_tokens
-    est.notes.append(f"completion tokens are the upper bound max_tokens={max_tokens} per sample")
-    est.price(prices if prices is not None else load_prices())
-    return est
-
-
-def _simulation_tokens(
+def simulation_tokens(
     counter: TokenCounter,
     strategy: str,
     explanation: str,
@@ -188,93 +155,6 @@ def _simulation_tokens(
     )
     answer = json.dumps({"activations": [0] * len(tokens)})
     return counter.chat(msgs), counter.text(answer)
-
-
-def resolve_strategy(
-    spec: str, strategy: str, probe: dict[str, Any] | None
-) -> tuple[str, int, str]:
-    """The strategy and value scale a job would use, without probing the endpoint.
-
-    Mirrors `make_simulator`: a stored probe (from the run manifest) decides `auto`;
-    without one, `auto` on an API model is assumed to be chat-logprobs (said in a note).
-    """
-    if is_local_spec(spec):
-        from transformers import AutoTokenizer
-
-        from neuroscribe.llm.local import resolve_local_spec
-        from neuroscribe.simulator.exact import value_token_ids
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_local_spec(spec))
-        return "exact", value_token_ids(tokenizer)[0], ""
-    note = ""
-    if strategy == "auto":
-        if probe:
-            strategy = strategy_from_probe(probe)
-        else:
-            strategy = "chat-logprobs"
-            note = "strategy auto is not probed in a dry run: assumed chat-logprobs (--strategy)"
-    return strategy, scale_from_probe(probe or {}), note
-
-
-def estimate_simulate(
-    records: Sequence[NeuronRecord],
-    explanations: Sequence[Explanation],
-    spec: str,
-    *,
-    splits: SplitConfig,
-    strategy: str = "auto",
-    probe: dict[str, Any] | None = None,
-    n_examples: int = 2,
-    planned_units: Sequence[str] = (),
-    n_samples: int = 1,
-    done_explanations: set[str] | None = None,
-    counter: TokenCounter | None = None,
-    prices: dict[str, Price] | None = None,
-) -> StageEstimate:
-    """Tokens and cost of simulating `explanations` (plus, for `run`, the explanations
-    `planned_units` will get, `n_samples` each, at a typical explanation's length)."""
-    counter = counter or token_counter(spec)
-    strategy, scale_max, note = resolve_strategy(spec, strategy, probe)
-    est = StageEstimate("simulate", spec, tokenizer=f"{counter.name}, {strategy}")
-    if note:
-        est.notes.append(note)
-    by_unit = {r.unit_id: r for r in records}
-    jobs: list[tuple[str, str]] = [
-        (e.unit_id, e.text)
-        for e in explanations
-        if e.unit_id in by_unit and e.explanation_id not in (done_explanations or set())
-    ]
-    jobs += [(u, TYPICAL_EXPLANATION) for u in planned_units for _ in range(n_samples)]
-    if planned_units:
-        est.notes.append(
-            f"explanations not written yet are counted at a typical length "
-            f"({counter.text(TYPICAL_EXPLANATION)} tokens)"
-        )
-    held_of: dict[str, list] = {}
-    for unit, text in jobs:
-        if unit not in held_of:
-            held_of[unit] = split_record(by_unit[unit], splits).held_out
-        est.units += 1
-        for x in held_of[unit]:
-            p, c = _simulation_tokens(
-                counter, strategy, text, x.record.tokens, scale_max, n_examples
-            )
-            est.requests += 1
-            est.prompt_tokens += p
-            est.completion_tokens += c
-    est.price(prices if prices is not None else load_prices())
-    return est
-
-
-def done_simulations(path: Path, spec: str) -> set[str]:
-    """Explanations already simulated by `spec` (any configuration) in simulations.jsonl."""
-    from neuroscribe.jsonl import read_jsonl_if_exists
-
-    return {
-        s.explanation_id
-        for s in read_jsonl_if_exists(path, SequenceSimulation)
-        if s.simulator == spec
-    }
 
 
 def total_cost(estimates: Sequence[StageEstimate]) -> float | None:

@@ -24,8 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from neuroscribe.compare import REFERENCE_SCORER, default_scorer
 from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
 from neuroscribe.jsonl import append_jsonl
 from neuroscribe.rundir import Run, split_unit_id
@@ -34,7 +35,17 @@ from neuroscribe.scorer import correlation
 
 
 class PublishedExplanation(BaseModel):
-    """One row of the published dataset: an explanation of a unit with its scores."""
+    """One row of the published dataset: an explanation of a unit with its scores.
+
+    The declared fields are the same for every run. The score columns are extra fields,
+    named after the metrics the run's scorers wrote (`metric_columns`): the primary
+    scorer's metrics under their own names (`score`, `top_score`, ... and `ci_low`,
+    `ci_high` of its interval, for the simulation scorer), every other scorer's as
+    `<scorer>_<metric>`. All are floats or None.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float | None] = Field(init=False)  # the score columns
 
     unit_id: str
     model: str | None
@@ -43,52 +54,97 @@ class PublishedExplanation(BaseModel):
     explanation_id: str
     sample_index: int
     explanation: str
-    score: float | None
-    top_score: float | None
-    random_score: float | None
-    ci_low: float | None
-    ci_high: float | None
-    r2: float | None
-    abs_dev_score: float | None
     n_excerpts: int | None
     n_tokens: int | None
-    best_for_unit: bool
+    best_for_unit: bool  # best by the primary scorer's primary metric
     explainer: str
     explainer_prompt_version: str
-    simulator: str | None
+    scorer: str | None  # the primary scorer, whose metrics have bare column names
+    simulator: str | None  # the primary scorer's model
     strategy: str | None
-    prompt_version: str | None  # the simulation prompt the score was computed with
-    flags: list[str]
+    prompt_version: str | None  # the prompt the primary score was computed with
+    flags: list[str]  # the primary scorer's flags; another scorer's as "<scorer>:<flag>"
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """The score columns of this row, by column name."""
+        return dict(self.__pydantic_extra__ or {})
 
 
-# Parquet schema written explicitly so all-null columns still get their real type.
-_ARROW_SCHEMA = pa.schema(
-    [
-        ("unit_id", pa.string()),
-        ("model", pa.string()),
-        ("layer", pa.string()),
-        ("index", pa.int64()),
-        ("explanation_id", pa.string()),
-        ("sample_index", pa.int64()),
-        ("explanation", pa.string()),
-        ("score", pa.float64()),
-        ("top_score", pa.float64()),
-        ("random_score", pa.float64()),
-        ("ci_low", pa.float64()),
-        ("ci_high", pa.float64()),
-        ("r2", pa.float64()),
-        ("abs_dev_score", pa.float64()),
-        ("n_excerpts", pa.int64()),
-        ("n_tokens", pa.int64()),
-        ("best_for_unit", pa.bool_()),
-        ("explainer", pa.string()),
-        ("explainer_prompt_version", pa.string()),
-        ("simulator", pa.string()),
-        ("strategy", pa.string()),
-        ("prompt_version", pa.string()),
-        ("flags", pa.list_(pa.string())),
-    ]
-)
+# Arrow types of the declared columns; the score columns are all float64. The schema is
+# written explicitly so all-null columns still get their real type.
+_BASE_TYPES: dict[str, pa.DataType] = {
+    "unit_id": pa.string(),
+    "model": pa.string(),
+    "layer": pa.string(),
+    "index": pa.int64(),
+    "explanation_id": pa.string(),
+    "sample_index": pa.int64(),
+    "explanation": pa.string(),
+    "n_excerpts": pa.int64(),
+    "n_tokens": pa.int64(),
+    "best_for_unit": pa.bool_(),
+    "explainer": pa.string(),
+    "explainer_prompt_version": pa.string(),
+    "scorer": pa.string(),
+    "simulator": pa.string(),
+    "strategy": pa.string(),
+    "prompt_version": pa.string(),
+    "flags": pa.list_(pa.string()),
+}
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """A score column: which scorer's metric (or interval bound) it holds."""
+
+    name: str
+    scorer: str
+    metric: str  # a metric name, or "ci_low" / "ci_high" for the interval bounds
+    primary: bool  # the primary scorer's (bare column name)
+
+
+def primary_scorer(run: Run) -> str | None:
+    """The scorer whose metrics get bare column names: simulation if present, else the first."""
+    return default_scorer(run)
+
+
+def metric_columns(run: Run) -> list[MetricColumn]:
+    """The score columns of this run, from the metric names its scorers wrote.
+
+    The primary scorer first (its metrics, then `ci_low`, `ci_high`), then each other
+    scorer in first-seen order (`<scorer>_<metric>`, plus `<scorer>_ci_low/high` if any
+    of its scores has an interval). A name that collides with another column is a
+    DataError (rename the metric).
+    """
+    primary = primary_scorer(run)
+    order = [primary] + [x for x in run.scorers() if x != primary] if primary else []
+    columns: list[MetricColumn] = []
+    for scorer in order:
+        scores = run.latest_scores(scorer)
+        names = list(dict.fromkeys(m for s in scores for m in s.metrics))
+        is_primary = scorer == primary
+        if is_primary or any(s.interval is not None for s in scores):
+            names += ["ci_low", "ci_high"]
+        for metric in names:
+            name = metric if is_primary else f"{scorer}_{metric}"
+            columns.append(MetricColumn(name, scorer, metric, is_primary))
+    seen: dict[str, MetricColumn] = {}
+    for c in columns:
+        other = seen.get(c.name)
+        if c.name in _BASE_TYPES or other is not None:
+            what = f"{other.scorer}'s {other.metric!r}" if other else "a fixed column"
+            raise DataError(
+                f"{run.path}: the {c.scorer} metric {c.metric!r} would be published as column "
+                f"{c.name!r}, which is already {what}"
+            )
+        seen[c.name] = c
+    return columns
+
+
+def arrow_schema(columns: list[str]) -> pa.Schema:
+    """The Parquet schema of rows with these score columns (declared columns first)."""
+    return pa.schema([*_BASE_TYPES.items(), *((c, pa.float64()) for c in columns)])
 
 
 @dataclass
@@ -119,25 +175,56 @@ def validate_for_publish(run: Run, allow_failures: bool = False) -> None:
         )
 
 
+def _value(s: Score | None, metric: str) -> float | None:
+    if s is None:
+        return None
+    if metric == "ci_low":
+        return s.ci_low
+    if metric == "ci_high":
+        return s.ci_high
+    return s.metrics.get(metric)
+
+
+def _headline(s: Score | None) -> float | None:
+    return None if s is None else s.metrics.get(s.primary_metric)
+
+
 def build_rows(run: Run) -> list[PublishedExplanation]:
-    """One row per explanation (latest line wins), joined with its score and unit record."""
+    """One row per explanation (latest line wins), joined with its scores and unit record.
+
+    Every row has every score column of `metric_columns(run)` (None where that scorer
+    did not score it), so the Parquet table has one typed column per metric.
+    """
     records = run.records_by_unit()
-    scores: dict[str, Score] = {s.explanation_id: s for s in run.latest_scores()}
+    primary = primary_scorer(run)
+    columns = metric_columns(run)
+    by_scorer: dict[str, dict[str, Score]] = {
+        name: {s.explanation_id: s for s in run.latest_scores(name)} for name in run.scorers()
+    }
+    main = by_scorer.get(primary or "", {})
     explanations = list(run.explanations_by_id().values())
     best: dict[str, tuple[float, str]] = {}
     for e in explanations:
-        s = scores.get(e.explanation_id)
-        if s is not None and (e.unit_id not in best or s.score > best[e.unit_id][0]):
-            best[e.unit_id] = (s.score, e.explanation_id)
+        v = _headline(main.get(e.explanation_id))
+        if v is not None and (e.unit_id not in best or v > best[e.unit_id][0]):
+            best[e.unit_id] = (v, e.explanation_id)
     rows = []
     for e in explanations:
-        s = scores.get(e.explanation_id)
+        s = main.get(e.explanation_id)
         rec = records.get(e.unit_id)
         model, layer, index = split_unit_id(e.unit_id)
         if rec is not None:
             model = rec.model or model
             layer = str(rec.layer) if rec.layer is not None else layer
             index = rec.index if rec.index is not None else index
+        flags = list(s.flags) if s else []
+        for name, scores in by_scorer.items():
+            other = scores.get(e.explanation_id)
+            if name != primary and other is not None:
+                flags += [f"{name}:{f}" for f in other.flags]
+        metrics = {
+            c.name: _value(by_scorer[c.scorer].get(e.explanation_id), c.metric) for c in columns
+        }
         rows.append(
             PublishedExplanation(
                 unit_id=e.unit_id,
@@ -147,30 +234,30 @@ def build_rows(run: Run) -> list[PublishedExplanation]:
                 explanation_id=e.explanation_id,
                 sample_index=e.sample_index,
                 explanation=e.text,
-                score=s.score if s else None,
-                top_score=s.top_score if s else None,
-                random_score=s.random_score if s else None,
-                ci_low=s.ci_low if s else None,
-                ci_high=s.ci_high if s else None,
-                r2=s.r2 if s else None,
-                abs_dev_score=s.abs_dev_score if s else None,
                 n_excerpts=s.n_excerpts if s else None,
                 n_tokens=s.n_tokens if s else None,
                 best_for_unit=best.get(e.unit_id, (None, None))[1] == e.explanation_id,
                 explainer=e.explainer,
                 explainer_prompt_version=e.prompt_version,
-                simulator=s.simulator if s else None,
+                scorer=s.scorer if s else None,
+                simulator=s.scorer_model if s else None,
                 strategy=s.strategy if s else None,
                 prompt_version=s.prompt_version if s else None,
-                flags=list(s.flags) if s else [],
+                flags=flags,
+                **metrics,
             )
         )
     return rows
 
 
+def rows_to_table(rows: list[PublishedExplanation]) -> pa.Table:
+    """The rows as an Arrow table with an explicit schema (every row has the same columns)."""
+    columns = list(rows[0].metrics) if rows else []
+    return pa.Table.from_pylist([r.model_dump() for r in rows], schema=arrow_schema(columns))
+
+
 def rows_to_frame(rows: list[PublishedExplanation]) -> pd.DataFrame:
-    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=_ARROW_SCHEMA)
-    return table.to_pandas()
+    return rows_to_table(rows).to_pandas()
 
 
 # ---------------------------------------------------------------- OpenAI's layout
@@ -203,12 +290,12 @@ def _openai_sequence(sim: SequenceSimulation) -> dict:
 def openai_neuron_files(run: Run) -> dict[tuple[str, str], dict]:
     """Per (layer, index): OpenAI's NeuronSimulationResults with every scored explanation.
 
-    Only the held-out test excerpts go into `scored_sequence_simulations`; the
-    explanation-level scores are ours (correlation over all test tokens concatenated,
+    Simulation scores only (OpenAI's format has no other scorer). Only the held-out test
+    excerpts go into `scored_sequence_simulations`; the explanation-level scores are ours (correlation over all test tokens concatenated,
     the same definition as theirs).
     """
     sims = run.simulations_by_explanation()
-    scores = {s.explanation_id: s for s in run.latest_scores()}
+    scores = {s.explanation_id: s for s in run.latest_scores(REFERENCE_SCORER)}
     by_unit: dict[str, list] = defaultdict(list)
     for e in run.explanations_by_id().values():
         s = scores.get(e.explanation_id)
@@ -225,9 +312,9 @@ def openai_neuron_files(run: Run) -> dict[tuple[str, str], dict]:
                 "scored_simulation": {
                     "dataclass_name": "ScoredSimulation",
                     "scored_sequence_simulations": [_openai_sequence(x) for x in seqs],
-                    "ev_correlation_score": s.score,
-                    "rsquared_score": s.r2,
-                    "absolute_dev_explained_score": s.abs_dev_score,
+                    "ev_correlation_score": s.metrics.get("score"),
+                    "rsquared_score": s.metrics.get("r2"),
+                    "absolute_dev_explained_score": s.metrics.get("abs_dev_score"),
                 },
             }
         )
@@ -256,16 +343,60 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML scalar, quotes and all
 
 
+# What the reference scorer's metrics mean, for the card; any other metric gets a
+# generic line naming its scorer, so a new scorer needs no edit here.
+_METRIC_NOTES: dict[tuple[str, str], str] = {
+    (REFERENCE_SCORER, "score"): "correlation of true and simulated activations, all held-out "
+    "excerpts",
+    (REFERENCE_SCORER, "top_score"): "the same correlation over top-activating excerpts only",
+    (REFERENCE_SCORER, "random_score"): "the same correlation over random excerpts only",
+    (REFERENCE_SCORER, "r2"): "R² after linear calibration on calibration excerpts",
+    (REFERENCE_SCORER, "abs_dev_score"): "absolute deviation explained, after calibration",
+}
+
+
+def _column_notes(run: Run, columns: list[MetricColumn]) -> list[tuple[str, str]]:
+    """(column, meaning) for each score column, from the scores themselves."""
+    intervals: dict[str, tuple[str, float]] = {}
+    primary_metrics: dict[str, str] = {}
+    for s in run.scores:
+        primary_metrics.setdefault(s.scorer, s.primary_metric)
+        if s.interval is not None:
+            intervals.setdefault(s.scorer, (s.interval.metric, s.interval.level))
+    out = []
+    for c in columns:
+        if c.metric in ("ci_low", "ci_high"):
+            metric, level = intervals.get(c.scorer, (primary_metrics.get(c.scorer, "?"), 0.95))
+            bound = "lower" if c.metric == "ci_low" else "upper"
+            shown = metric if c.primary else f"{c.scorer}_{metric}"
+            note = f"{bound} bound of the {level:.0%} interval of `{shown}` ({c.scorer} scorer)"
+        else:
+            note = _METRIC_NOTES.get((c.scorer, c.metric), f"metric `{c.metric}`")
+            note += f" ({c.scorer} scorer"
+            note += ", its primary metric)" if primary_metrics.get(c.scorer) == c.metric else ")"
+        out.append((c.name, note))
+    return out
+
+
 def dataset_card(
     run: Run, rows: list[PublishedExplanation], license: str, with_records: bool
 ) -> str:
     """README.md with YAML front matter that `datasets` and the Hub read."""
     n_units = len({r.unit_id for r in rows})
-    scored = [r.score for r in rows if r.score is not None]
-    best = [r.score for r in rows if r.best_for_unit and r.score is not None]
+    columns = metric_columns(run)
+    primary = primary_scorer(run)
+    headline = next((s.primary_metric for s in run.scores if s.scorer == primary), None)
+    scored = [v for r in rows if (v := r.metrics.get(headline or "")) is not None]
+    best = [v for r in rows if r.best_for_unit and (v := r.metrics.get(headline or "")) is not None]
     explainers = sorted({r.explainer for r in rows})
-    simulators = sorted({r.simulator for r in rows if r.simulator})
     models = sorted({r.model for r in rows if r.model})
+    scorer_models: dict[str, set[str]] = defaultdict(set)
+    for s in run.scores:
+        scorer_models[s.scorer].add(s.scorer_model or "")
+    scored_by = ", ".join(
+        f"{name} ({', '.join(sorted(m for m in scorer_models[name] if m)) or 'no model'})"
+        for name in run.scorers()
+    )
     size = "n<1K" if len(rows) < 1000 else "1K<n<10K" if len(rows) < 10_000 else "10K<n<100K"
     if len(rows) >= 100_000:
         size = "100K<n<1M" if len(rows) < 1_000_000 else "n>1M"
@@ -303,23 +434,40 @@ def dataset_card(
     def mean(v: list[float]) -> str:
         return f"{sum(v) / len(v):.3f}" if v else "n/a"
 
+    stats = [f"- rows: {len(rows)} (one per unit and explanation), scored: {len(scored)}"]
+    if primary and headline:
+        stats.append(
+            f"- mean explanation score ({primary} `{headline}`): {mean(scored)}; "
+            f"mean of each unit's best explanation: {mean(best)}"
+        )
+    for c in columns:
+        if not c.primary and c.metric not in ("ci_low", "ci_high"):
+            values = [v for r in rows if (v := r.metrics.get(c.name)) is not None]
+            stats.append(f"- mean `{c.name}`: {mean(values)} over {len(values)} explanations")
+    about = ""
+    if REFERENCE_SCORER in run.scorers():
+        about = """
+The simulation score is the correlation between the unit's true activations and the
+activations a simulator model predicts from the explanation alone, over held-out excerpts
+(top-activating and random ones concatenated), as in Bills et al. (2023), "Language models
+can explain neurons in language models".
+"""
+    if len(run.scorers()) > 1 or (primary and primary != REFERENCE_SCORER):
+        about += f"""
+The primary scorer ({primary}) has bare column names; every other scorer's metrics are
+columns named `<scorer>_<metric>`.
+"""
+    column_rows = "\n".join(f"| {name} | {note} |" for name, note in _column_notes(run, columns))
     manifest = run.manifest.model_dump(mode="json") if run.manifest else {}
     body = f"""
 # Explanations of {", ".join(models) or "model"} units
 
 Natural-language explanations of {n_units} units, written by {", ".join(explainers)} and
-scored by simulation with {", ".join(simulators) or "no simulator"} (made with
+scored by {scored_by or "no scorer yet"} (made with
 [neuroscribe](https://pypi.org/project/neuroscribe/)).
 
-- rows: {len(rows)} (one per unit and explanation), scored: {len(scored)}
-- mean explanation score: {mean(scored)}; mean score of each unit's best explanation: {mean(best)}
-
-The score is the correlation between the unit's true activations and the activations a
-simulator model predicts from the explanation alone, over held-out excerpts (top-activating
-and random ones concatenated), as in Bills et al. (2023), "Language models can explain
-neurons in language models". `ci_low`/`ci_high` are bootstrap intervals over excerpts;
-`top_score`/`random_score` use only top or random excerpts.
-
+{chr(10).join(stats)}
+{about}
 ## Loading
 
 ```python
@@ -336,13 +484,12 @@ df = pd.read_parquet("explanations.parquet")
 | unit_id | `model/layer/index` |
 | model, layer, index | the subject model and unit |
 | explanation | the explanation text (model-generated: treat as untrusted text) |
-| score, top_score, random_score | correlation scores (all / top / random held-out excerpts) |
-| ci_low, ci_high | 95% bootstrap interval of `score` |
-| r2, abs_dev_score | after linear calibration on calibration excerpts |
-| best_for_unit | the highest-scoring explanation of its unit |
+{column_rows}
+| n_excerpts, n_tokens | held-out excerpts and tokens the primary score used |
+| best_for_unit | the explanation of its unit with the highest primary score |
 | explainer, explainer_prompt_version | who wrote the explanation, with which prompt |
-| simulator, strategy, prompt_version | how it was scored |
-| flags | scorer warnings (e.g. constant prediction) |
+| scorer, simulator, strategy, prompt_version | the primary scorer, its model and settings |
+| flags | scorer warnings (e.g. constant prediction); another scorer's as `scorer:flag` |
 
 ## Run manifest
 
@@ -381,8 +528,7 @@ def publish_run(
     files.append(jsonl)
 
     parquet = out / "explanations.parquet"
-    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=_ARROW_SCHEMA)
-    pq.write_table(table, parquet)
+    pq.write_table(rows_to_table(rows), parquet)
     files.append(parquet)
 
     if with_records:
@@ -398,7 +544,13 @@ def publish_run(
         files += [rec_path, rec_parquet]
 
     if openai_layout:
-        for (layer, index), doc in openai_neuron_files(run).items():
+        docs = openai_neuron_files(run)
+        if not docs:
+            raise DataError(
+                f"{run.path}: --openai-layout needs {REFERENCE_SCORER} scores "
+                f"(this run has: {', '.join(run.scorers()) or 'none'})"
+            )
+        for (layer, index), doc in docs.items():
             p = out / "openai" / "explanations" / layer / f"{index}.jsonl"
             p.parent.mkdir(parents=True, exist_ok=True)
             # One JSON document on one line, as in OpenAI's public files.

@@ -14,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
+# Lines whose shape changed carry their own version; readers upgrade older lines.
+SCORE_SCHEMA_VERSION = 2
+FAILURE_SCHEMA_VERSION = 2
 
 
 def utc_now() -> str:
@@ -196,64 +199,189 @@ class SequenceSimulation(BaseModel):
         return sum(v is None for v in self.expected_activations)
 
 
-class Score(BaseModel):
-    """Scores of one explanation over its held-out excerpts."""
+class ScoreInterval(BaseModel):
+    """A confidence interval of one metric (a bootstrap over excerpts, for instance)."""
 
-    schema_version: int = SCHEMA_VERSION
+    metric: str = "score"
+    low: float
+    high: float
+    level: float = 0.95
+
+
+# The simulation scorer's v1 columns, moved into `metrics` by the v1 -> v2 upgrade.
+_V1_METRICS = ("score", "top_score", "random_score", "r2", "abs_dev_score")
+
+
+class Score(BaseModel):
+    """One scorer's verdict on one explanation over its held-out excerpts.
+
+    Generic over scorers: `scorer` names the plug-in (`simulation`, later `detection`,
+    `embedding`, ...), `metrics` holds its named numbers and `primary_metric` says which
+    one is the headline. `comparable` is what must match for two runs' scores to be
+    compared (model, strategy, prompt version...); `heldout_hash` fingerprints the
+    held-out excerpts scored. compare, publish and view read metrics by name, so a new
+    scorer shows up there without edits.
+    """
+
+    schema_version: int = SCORE_SCHEMA_VERSION
     explanation_id: str
     unit_id: str
     explanation: str
     explainer: str
-    simulator: str
-    strategy: str
-    prompt_version: str
+    scorer: str = "simulation"
+    scorer_model: str | None = None
     config_hash: str
-    score: float
-    top_score: float | None = None
-    random_score: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    r2: float | None = None
-    abs_dev_score: float | None = None
-    calibration_slope: float | None = None
-    calibration_intercept: float | None = None
-    n_excerpts: int
-    n_tokens: int
+    metrics: dict[str, float | None]
+    primary_metric: str = "score"
+    interval: ScoreInterval | None = None
+    n_excerpts: int = 0
+    n_tokens: int = 0
+    heldout_hash: str | None = None
+    comparable: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list)
     created_at: str = Field(default_factory=utc_now)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_v1(cls, data: Any) -> Any:
+        # v1 lines (neuroscribe 0.1) were correlation-only with one column per number.
+        if not isinstance(data, dict) or "metrics" in data or "score" not in data:
+            return data
+        d = dict(data)
+        metrics = {k: d.pop(k, None) for k in _V1_METRICS}
+        low, high = d.pop("ci_low", None), d.pop("ci_high", None)
+        details = {
+            k: d.pop(k)
+            for k in ("strategy", "prompt_version", "calibration_slope", "calibration_intercept")
+            if k in d
+        }
+        simulator = d.pop("simulator", None)
+        d.update(
+            schema_version=SCORE_SCHEMA_VERSION,
+            scorer="simulation",
+            scorer_model=simulator,
+            metrics=metrics,
+            primary_metric="score",
+            interval={"metric": "score", "low": low, "high": high}
+            if low is not None and high is not None
+            else None,
+            details=details,
+            comparable={
+                "scorer": "simulation",
+                "simulator": simulator,
+                "strategy": details.get("strategy"),
+                "prompt_version": details.get("prompt_version"),
+            },
+        )
+        return d
+
     @model_validator(mode="after")
     def _finite(self) -> Score:
-        for name in (
-            "score",
-            "top_score",
-            "random_score",
-            "ci_low",
-            "ci_high",
-            "r2",
-            "abs_dev_score",
-            "calibration_slope",
-            "calibration_intercept",
-        ):
-            value = getattr(self, name)
+        for name, value in self.metrics.items():
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"score field {name}={value!r} is not finite")
+                raise ValueError(f"score metric {name}={value!r} is not finite")
+        if self.interval is not None:
+            for value in (self.interval.low, self.interval.high):
+                if not math.isfinite(value):
+                    raise ValueError(f"score interval bound {value!r} is not finite")
         return self
+
+    # Read-only views; `score` is the headline number whatever the scorer.
+    @property
+    def score(self) -> float:
+        v = self.metrics.get(self.primary_metric)
+        return float("nan") if v is None else v
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+    @property
+    def simulator(self) -> str | None:
+        return self.scorer_model
+
+    @property
+    def strategy(self) -> str | None:
+        return self.details.get("strategy")
+
+    @property
+    def prompt_version(self) -> str | None:
+        return self.details.get("prompt_version")
+
+    @property
+    def ci_low(self) -> float | None:
+        return self.interval.low if self.interval else None
+
+    @property
+    def ci_high(self) -> float | None:
+        return self.interval.high if self.interval else None
+
+
+class ItemKey(BaseModel):
+    """The typed key of one unit of work: which stage, key space, unit, explanation, sample.
+
+    Outputs and failures carry these fields, so done-sets and open failures are computed
+    by comparing fields, never by parsing key strings back.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    config_hash: str
+    unit_id: str
+    explanation_id: str | None = None
+    sample_index: int | None = None
+
+    def __str__(self) -> str:
+        parts = [self.stage, self.explanation_id or self.unit_id, self.config_hash]
+        if self.sample_index is not None:
+            parts.append(f"sample{self.sample_index}")
+        return "|".join(parts)
 
 
 class Failure(BaseModel):
-    """A unit (or explanation) that could not be processed, with the reason."""
+    """A unit (or explanation, or one sample) that could not be processed, with the reason."""
 
-    schema_version: int = SCHEMA_VERSION
-    stage: Literal["explain", "simulate", "score", "record"]
+    schema_version: int = FAILURE_SCHEMA_VERSION
+    stage: str
     unit_id: str
-    key: str
+    key: str = ""  # the typed key written out for people reading the file
     explanation_id: str | None = None
+    sample_index: int | None = None
     reason: str
     raw: str | None = None
     attempts: int = 1
     config_hash: str
     created_at: str = Field(default_factory=utc_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_v1(cls, data: Any) -> Any:
+        # v1 spelled a failed explain sample only inside the key ("...|sample3").
+        if not isinstance(data, dict) or data.get("schema_version", 1) >= 2:
+            return data
+        d = dict(data)
+        _, _, sample = str(d.get("key", "")).rpartition("|sample")
+        if d.get("stage") == "explain" and sample.isdigit():
+            d.setdefault("sample_index", int(sample))
+        d["schema_version"] = FAILURE_SCHEMA_VERSION
+        return d
+
+    @model_validator(mode="after")
+    def _fill_key(self) -> Failure:
+        if not self.key:
+            self.key = str(self.item_key)
+        return self
+
+    @property
+    def item_key(self) -> ItemKey:
+        return ItemKey(
+            stage=self.stage,
+            config_hash=self.config_hash,
+            unit_id=self.unit_id,
+            explanation_id=self.explanation_id,
+            sample_index=self.sample_index,
+        )
 
 
 class UsageRecord(BaseModel):

@@ -23,7 +23,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True)
+
+def make_console(stderr: bool = False) -> Console:
+    """The CLI's consoles. soft_wrap: a printed line is never wrapped, so file paths and
+    unit ids stay whole and copyable whatever the terminal width (tables still fit it)."""
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+err_console = make_console(stderr=True)
 
 
 def _register_commands() -> None:

@@ -1,32 +1,25 @@
-"""`neuroscribe explain | simulate | score | run`: the pipeline over a run directory."""
+"""`neuroscribe explain | simulate | score | run`: the pipeline over a run directory.
+
+Every option is declared once below (an `Annotated` alias) and mapped onto a
+`RunConfig` by `_config`; the commands then call `neuroscribe.api` and print.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from neuroscribe.cli._jobs import JobOptions, check_options, dry_run, finish_stage
-from neuroscribe.cli.app import app
-from neuroscribe.explainer import ExplainerConfig
+from neuroscribe import api
+from neuroscribe.cli._jobs import hooks, print_estimates
+from neuroscribe.cli.app import app, make_console
+from neuroscribe.config import RunConfig
 from neuroscribe.llm.base import EMBEDDED_SPEC
-from neuroscribe.pipeline import (
-    ExplainSettings,
-    RunPaths,
-    explain_stage,
-    load_records,
-    score_stage,
-    select_units,
-    simulate_stage,
-)
-from neuroscribe.rundir import load_run
-from neuroscribe.splits import SplitConfig
+from neuroscribe.rundir import RunDir
 
-console = Console()
+console = make_console()
 
 DEFAULT_RUN = Path("neuroscribe-run")
 
@@ -40,7 +33,18 @@ ExplainerOpt = Annotated[
     ),
 ]
 SimulatorOpt = Annotated[
-    str, typer.Option("--simulator", help="Simulator model spec (same forms as --explainer).")
+    str,
+    typer.Option(
+        "--simulator",
+        help="The scorer's model: the simulator for the simulation scorer "
+        "(same forms as --explainer).",
+    ),
+]
+ScorerOpt = Annotated[
+    str,
+    typer.Option(
+        "--scorer", help="Scorer: simulation (simulate, then correlate), or any registered one."
+    ),
 ]
 BaseUrlOpt = Annotated[
     str | None,
@@ -132,130 +136,75 @@ PricesOpt = Annotated[
 ]
 
 
+RecordLayersOpt = Annotated[
+    str, typer.Option("--record-layers", help="Layers recorded when the run has no records.")
+]
+RecordUnitsOpt = Annotated[
+    int, typer.Option("--record-units", help="MLP neurons per layer recorded then.")
+]
+RecordTokensOpt = Annotated[
+    int, typer.Option("--record-tokens", help="Corpus tokens recorded then.")
+]
+
+
 def _patterns(units: list[str] | None) -> list[str] | None:
     if not units:
         return None
     return [p.strip() for u in units for p in u.split(",") if p.strip()]
 
 
-async def _preflight(llm: Any) -> None:
-    """Fail before any work on an unreachable server, a 401 or a model it does not serve."""
-    check = getattr(llm, "check_model", None)
-    if check is not None:
-        await check(require_reachable=True)
+# Flag name -> (RunConfig section, field). Flags a command lacks keep the defaults.
+_FLAGS: dict[str, tuple[str, ...]] = {
+    "explainer": ("explain", "model"),
+    "n_explanations": ("explain", "settings", "n_samples"),
+    "temperature": ("explain", "settings", "temperature"),
+    "max_tokens": ("explain", "settings", "max_tokens"),
+    "simulator": ("score", "model"),
+    "scorer": ("score", "scorer"),
+    "strategy": ("score", "strategy"),
+    "sim_examples": ("score", "n_examples"),
+    "n_train": ("splits", "n_train"),
+    "n_test_top": ("splits", "n_test_top"),
+    "n_test_random": ("splits", "n_test_random"),
+    "base_url": ("endpoint", "base_url"),
+    "api_key": ("endpoint", "api_key"),
+    "max_units": ("units", "max_units"),
+    "concurrency": ("jobs", "concurrency"),
+    "retry_failed": ("jobs", "retry_failed"),
+    "rpm": ("jobs", "rpm"),
+    "tpm": ("jobs", "tpm"),
+    "max_cost": ("jobs", "max_cost"),
+    "prices": ("jobs", "prices"),
+    "record_units": ("record", "units"),
+    "record_tokens": ("record", "tokens"),
+}
 
 
-def _make_llm(
-    spec: str,
-    base_url: str | None,
-    api_key: str | None,
-    timeout: float,
-    concurrency: int = 8,
-    options: dict[str, Any] | None = None,
-) -> Any:
-    from neuroscribe.llm import is_local_spec, make_llm
-
-    if is_local_spec(spec):
-        return make_llm(spec)
-    return make_llm(
-        spec,
-        base_url=base_url,
-        api_key=api_key,
-        timeout_s=timeout,
-        concurrency=concurrency,
-        **(options or {}),
-    )
-
-
-def _splits(n_train: int, n_test_top: int, n_test_random: int) -> SplitConfig:
-    return SplitConfig(n_train=n_train, n_test_top=n_test_top, n_test_random=n_test_random)
-
-
-def _explain_settings(
-    n_explanations: int, temperature: float, max_tokens: int, splits: SplitConfig
-) -> ExplainSettings:
-    return ExplainSettings(
-        explainer=ExplainerConfig(
-            n_samples=n_explanations, temperature=temperature, max_tokens=max_tokens
-        ),
-        splits=splits,
-    )
-
-
-async def _explain(
-    run: Path,
-    explainer: str,
-    base_url: str | None,
-    api_key: str | None,
-    timeout: float,
-    records: list,
-    settings: ExplainSettings,
-    concurrency: int,
-    retry_failed: bool,
-    quiet: bool,
-    opts: JobOptions | None = None,
-) -> None:
-    opts = opts or JobOptions()
-    llm = _make_llm(explainer, base_url, api_key, timeout, concurrency, opts.llm_options(run))
-    try:
-        await _preflight(llm)
-        s = await explain_stage(
-            run,
-            llm,
-            records,
-            settings,
-            concurrency=concurrency,
-            retry_failed=retry_failed,
-            max_cost=opts.max_cost,
-            show_progress=not quiet,
-        )
-    finally:
-        await llm.aclose()
-    finish_stage(console, run, s, opts.max_cost)
-
-
-async def _simulate(
-    run: Path,
-    simulator: str,
-    base_url: str | None,
-    api_key: str | None,
-    timeout: float,
-    records: list,
-    splits: SplitConfig,
-    strategy: str,
-    concurrency: int,
-    retry_failed: bool,
-    quiet: bool,
-    sim_examples: int = 2,
-    opts: JobOptions | None = None,
-) -> str:
-    from neuroscribe.simulator import make_simulator
-
-    opts = opts or JobOptions()
-    llm = _make_llm(simulator, base_url, api_key, timeout, concurrency, opts.llm_options(run))
-    try:
-        await _preflight(llm)
-        sim, probe = await make_simulator(llm, strategy, n_examples=sim_examples)
-        s = await simulate_stage(
-            run,
-            sim,
-            records,
-            splits,
-            concurrency=concurrency,
-            retry_failed=retry_failed,
-            max_cost=opts.max_cost,
-            show_progress=not quiet,
-            probes={simulator: probe},
-        )
-    finally:
-        await llm.aclose()
-    console.print(f"simulator strategy: {sim.strategy} (values 0–{getattr(sim, 'scale_max', 10)})")
-    finish_stage(console, run, s, opts.max_cost)
-    return s.config_hash
+def _config(flags: dict[str, Any]) -> RunConfig:
+    """Map a command's flags onto one RunConfig (validated: bad values are ConfigErrors)."""
+    data: dict[str, Any] = {"run_dir": flags["run"]}
+    for name, path in _FLAGS.items():
+        if name in flags and flags[name] is not None:
+            node = data
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = flags[name]
+    if flags.get("units"):
+        data.setdefault("units", {})["patterns"] = _patterns(flags["units"])
+    if flags.get("record_layers"):
+        layers = [int(x) for x in flags["record_layers"].split(",") if x.strip()]
+        data.setdefault("record", {})["layers"] = layers
+    jobs = data.setdefault("jobs", {})
+    jobs["cache"] = not flags.get("no_cache", False)
+    jobs["show_progress"] = not flags.get("quiet", False)
+    if "timeout" in flags:
+        data.setdefault("explain", {})["timeout"] = flags["timeout"]
+        data.setdefault("score", {})["timeout"] = flags["timeout"]
+    return RunConfig.build(**data)
 
 
 def _print_results(run: Path, sim_hash: str | None = None) -> None:
-    loaded = load_run(run)
+    loaded = RunDir(run).load()
     scores = [s for s in loaded.scores if sim_hash is None or s.config_hash == sim_hash]
     models = {s.unit_id.rsplit("/", 2)[0] for s in scores}
     # One subject model: name it in the title and show units as layer/index.
@@ -264,13 +213,14 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
     table = Table(title=title)
     table.add_column("layer/index" if strip else "unit", no_wrap=True)
     table.add_column("explanation", ratio=1)
+    table.add_column("scorer", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("95% CI", justify="right", no_wrap=True)
-    for s in sorted(scores, key=lambda s: (s.unit_id, -s.score)):
+    for s in sorted(scores, key=lambda s: (s.unit_id, s.scorer, -s.score)):
         unit = "/".join(s.unit_id.rsplit("/", 2)[1:]) if strip else s.unit_id
         text = s.explanation if len(s.explanation) <= 120 else s.explanation[:119] + "…"
         ci = f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}]" if s.ci_low is not None else "—"
-        table.add_row(unit, text, f"{s.score:+.3f}", ci)
+        table.add_row(unit, text, s.scorer, f"{s.score:+.3f}", ci)
     console.print(table)
     if scores:
         mean = sum(s.score for s in scores) / len(scores)
@@ -278,8 +228,10 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
     failures = loaded.open_failures()
     if failures:
         console.print(
-            f"[yellow]{len(failures)} open failures in {RunPaths(run).failures} "
-            "(rerun with --retry-failed to try them again)[/]"
+            f"{len(failures)} open failures in {RunDir(run).path('failures')} "
+            "(rerun with --retry-failed to try them again)",
+            style="yellow",
+            markup=False,
         )
 
 
@@ -309,36 +261,19 @@ def explain(
     prices: PricesOpt = None,
 ) -> None:
     """Explain units: the explainer reads each unit's train top excerpts and writes explanations.jsonl."""
-    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
-    check_options(opts, [explainer])
-    records = select_units(load_records(run), _patterns(units), max_units)
-    settings = _explain_settings(
-        n_explanations, temperature, max_tokens, _splits(n_train, n_test_top, n_test_random)
-    )
-    if opts.dry_run:
-        dry_run(console, run, records, opts, explain=(explainer, settings))
+    config = _config(locals())
+    if dry_run_:
+        api.check_prices(config, [config.explain.model])
+        print_estimates(console, api.estimate(config, ["explain"]))
         return
-    asyncio.run(
-        _explain(
-            run,
-            explainer,
-            base_url,
-            api_key,
-            timeout,
-            records,
-            settings,
-            concurrency,
-            retry_failed,
-            quiet,
-            opts,
-        )
-    )
+    api.explain(config, hooks(console))
 
 
 @app.command()
 def simulate(
     run: RunArg = DEFAULT_RUN,
     simulator: SimulatorOpt = EMBEDDED_SPEC,
+    scorer: ScorerOpt = "simulation",
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     strategy: StrategyOpt = "auto",
@@ -359,38 +294,19 @@ def simulate(
     no_cache: NoCacheOpt = False,
     prices: PricesOpt = None,
 ) -> None:
-    """Simulate explanations: predict every held-out token's activation, write simulations.jsonl."""
-    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
-    check_options(opts, [simulator])
-    records = select_units(load_records(run), _patterns(units), max_units)
-    splits = _splits(n_train, n_test_top, n_test_random)
-    if opts.dry_run:
-        dry_run(console, run, records, opts, simulate=(simulator, splits, strategy, sim_examples))
+    """Score explanations on their held-out excerpts: by default simulate them, then correlate (simulations.jsonl, scores.jsonl)."""
+    config = _config(locals())
+    if dry_run_:
+        api.check_prices(config, [config.score.model])
+        print_estimates(console, api.estimate(config, ["score"]))
         return
-    asyncio.run(
-        _simulate(
-            run,
-            simulator,
-            base_url,
-            api_key,
-            timeout,
-            records,
-            splits,
-            strategy,
-            concurrency,
-            retry_failed,
-            quiet,
-            sim_examples,
-            opts,
-        )
-    )
+    api.score(config, hooks(console))
 
 
 @app.command()
 def score(run: RunArg = DEFAULT_RUN) -> None:
-    """Score simulations: correlation (all / top / random), calibrated R², 95% intervals → scores.jsonl."""
-    s = score_stage(run)
-    finish_stage(console, run, s, None)
+    """Score stored simulations that have no score yet (no model): correlation, R², 95% intervals."""
+    api.rescore(_config(locals()), hooks(console))
     _print_results(run)
 
 
@@ -399,6 +315,7 @@ def run_all(
     run: RunArg = DEFAULT_RUN,
     explainer: ExplainerOpt = EMBEDDED_SPEC,
     simulator: SimulatorOpt = EMBEDDED_SPEC,
+    scorer: ScorerOpt = "simulation",
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     strategy: StrategyOpt = "auto",
@@ -421,83 +338,15 @@ def run_all(
     dry_run_: DryRunOpt = False,
     no_cache: NoCacheOpt = False,
     prices: PricesOpt = None,
-    record_layers: Annotated[
-        str, typer.Option("--record-layers", help="Layers recorded when the run has no records.")
-    ] = "4,20",
-    record_units: Annotated[
-        int, typer.Option("--record-units", help="MLP neurons per layer recorded then.")
-    ] = 4,
-    record_tokens: Annotated[
-        int, typer.Option("--record-tokens", help="Corpus tokens recorded then.")
-    ] = 16_000,
+    record_layers: RecordLayersOpt = "4,20",
+    record_units: RecordUnitsOpt = 4,
+    record_tokens: RecordTokensOpt = 16_000,
 ) -> None:
     """Explain, simulate and score in one go (records the embedded model first if the run has none)."""
-    opts = JobOptions(rpm, tpm, max_cost, dry_run_, no_cache, prices)
-    check_options(opts, [explainer, simulator])
-    paths = RunPaths(run)
-    has_records = paths.records.is_dir() and any(paths.records.glob("*.jsonl"))
-    if not has_records and not opts.dry_run:
-        layers = [int(x) for x in record_layers.split(",") if x.strip()]
-        _record_default(run, layers, record_units, record_tokens)
-    records = select_units(load_records(run), _patterns(units), max_units)
-    splits = _splits(n_train, n_test_top, n_test_random)
-    settings = _explain_settings(n_explanations, temperature, max_tokens, splits)
-    if opts.dry_run:
-        dry_run(
-            console,
-            run,
-            records,
-            opts,
-            explain=(explainer, settings),
-            simulate=(simulator, splits, strategy, sim_examples),
-        )
+    config = _config(locals())
+    if dry_run_:
+        api.check_prices(config, [config.explain.model, config.score.model])
+        print_estimates(console, api.estimate(config))
         return
-    asyncio.run(
-        _explain(
-            run,
-            explainer,
-            base_url,
-            api_key,
-            timeout,
-            records,
-            settings,
-            concurrency,
-            retry_failed,
-            quiet,
-            opts,
-        )
-    )
-    sim_hash = asyncio.run(
-        _simulate(
-            run,
-            simulator,
-            base_url,
-            api_key,
-            timeout,
-            records,
-            splits,
-            strategy,
-            concurrency,
-            retry_failed,
-            quiet,
-            sim_examples,
-            opts,
-        )
-    )
-    finish_stage(console, run, score_stage(run, sim_config_hash=sim_hash), None)
-    _print_results(run, sim_hash)
-
-
-def _record_default(run: Path, layers: list[int], units: int, tokens: int) -> None:
-    """The offline demo's recording: the embedded SmolLM2 over the built-in corpus."""
-    from neuroscribe.datasets.record import record_run
-
-    console.print(
-        f"{run} has no records: recording {units} MLP neurons of layers {layers} of the "
-        f"embedded SmolLM2 over {tokens} tokens of the built-in corpus"
-    )
-    summary = record_run(run, layers=layers, max_units=units, max_tokens=tokens)
-    console.print(
-        f"recorded {summary.n_units} units over {summary.n_tokens} tokens "
-        f"in {summary.stream_seconds + summary.finalize_seconds:.0f} s"
-    )
+    summaries = api.run(config, hooks(console))
+    _print_results(run, summaries[-1].config_hash)

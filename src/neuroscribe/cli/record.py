@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from neuroscribe.cli.app import app
+from neuroscribe.cli.app import app, make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 @app.command("record")

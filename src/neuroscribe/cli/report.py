@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from neuroscribe.cli.app import app
+from neuroscribe.cli.app import app, make_console
 from neuroscribe.errors import ConfigError
 
-console = Console()
+console = make_console()
 
 
 @app.command("compare")
@@ -21,8 +20,16 @@ def compare_cmd(
     per_unit: str = typer.Option(
         "mean", "--per-unit", help="Score of a unit with several explanations: mean or best."
     ),
+    scorer: str | None = typer.Option(
+        None,
+        "--scorer",
+        help="Compare this scorer's scores (default: simulation if present, else the first).",
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help="Compare this metric of the scorer (default: its primary metric)."
+    ),
     allow_mismatch: bool = typer.Option(
-        False, "--allow-mismatch", help="Compare even if simulators/prompts/excerpts differ."
+        False, "--allow-mismatch", help="Compare even if scorer settings/excerpts differ."
     ),
     markdown: Path | None = typer.Option(None, "--markdown", help="Write a Markdown report."),
     csv: Path | None = typer.Option(None, "--csv", help="Write the summary numbers as CSV."),
@@ -38,7 +45,12 @@ def compare_cmd(
     if per_unit not in ("mean", "best"):
         raise ConfigError(f"--per-unit must be 'mean' or 'best', not {per_unit!r}")
     c = compare.compare_runs(
-        [load_run(p) for p in runs], per_unit=per_unit, n_resamples=resamples, seed=seed
+        [load_run(p) for p in runs],
+        per_unit=per_unit,
+        n_resamples=resamples,
+        seed=seed,
+        scorer=scorer,
+        metric=metric,
     )
     if c.mismatches and not allow_mismatch:
         raise ConfigError(
@@ -58,14 +70,14 @@ def compare_cmd(
         if not line.startswith("MISMATCH"):
             console.print(line, markup=False, highlight=False)
     fs = compare.formatted_summary(c)
-    table = Table(title="Explanation scores")
+    table = Table(title=f"Explanation scores ({c.scorer} {c.metric})")
     table.add_column("run")
     for col in fs.columns:
         table.add_column(str(col), justify="right")
     for idx, row in fs.iterrows():
         table.add_row(str(idx), *map(str, row.tolist()))
     console.print(table)
-    layers = Table(title="Mean score by layer")
+    layers = Table(title=f"Mean {c.metric} by layer")
     layers.add_column("layer")
     for col in c.by_layer.columns:
         layers.add_column(str(col), justify="right")

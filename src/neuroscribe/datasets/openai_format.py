@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from neuroscribe.errors import DataError
-from neuroscribe.jsonl import iter_jsonl, write_json_atomic
+from neuroscribe.jsonl import iter_jsonl
+from neuroscribe.rundir import RunDir
 from neuroscribe.schema import NeuronRecord, RunManifest, utc_now
 
 TAG = "dataclass_name"
@@ -153,7 +154,7 @@ def import_openai(src: str | Path, out: str | Path, *, model: str | None = None)
         rec = parse_openai_neuron(obj, model=model, where=str(path))
         by_layer.setdefault(rec.layer, []).append(rec)
     written = []
-    records_dir = out / "records"
+    records_dir = RunDir(out).records_dir
     records_dir.mkdir(parents=True, exist_ok=True)
     for layer, recs in by_layer.items():
         name = f"layer-{layer:02d}.jsonl" if isinstance(layer, int) else f"layer-{layer}.jsonl"
@@ -169,13 +170,9 @@ def import_openai(src: str | Path, out: str | Path, *, model: str | None = None)
 
 
 def _update_manifest(out: Path, src: Path, model: str | None, n: int) -> None:
-    path = out / "manifest.json"
-    if path.exists():
-        try:
-            manifest = RunManifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValidationError as e:
-            raise DataError(f"{path}: invalid run manifest ({e.errors()[0]['msg']})") from None
-    else:
+    rundir = RunDir(out)
+    manifest = rundir.manifest()
+    if manifest is None:
         from neuroscribe import __version__
 
         manifest = RunManifest(package_version=__version__)
@@ -189,13 +186,13 @@ def _update_manifest(out: Path, src: Path, model: str | None, n: int) -> None:
         "finished_at": utc_now(),
     }
     manifest.updated_at = utc_now()
-    write_json_atomic(path, manifest)
+    rundir.write_manifest(manifest)
 
 
 def export_openai(run: str | Path, out: str | Path) -> list[Path]:
     """Write every record of `run/records/*.jsonl` as `out/<layer>/<neuron>.json`."""
     run, out = Path(run), Path(out)
-    shards = sorted((run / "records").glob("*.jsonl"))
+    shards = RunDir(run).record_files()
     if not shards:
         raise DataError(f"{run}/records: no record files to export")
     written = []

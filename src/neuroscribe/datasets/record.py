@@ -48,12 +48,13 @@ from neuroscribe.datasets.windows import (
     special_prefix,
 )
 from neuroscribe.errors import ConfigError, DataError
-from neuroscribe.jsonl import write_json_atomic
+from neuroscribe.rundir import RunDir
 from neuroscribe.schema import ActivationRecord, NeuronRecord, RunManifest, utc_now
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = ".record-checkpoint"
+# The checkpoint folder lives where RunDir says (kept as a name for callers and tests).
+CHECKPOINT_DIR = RunDir.CHECKPOINT_DIR
 
 
 class RecordConfig(BaseModel):
@@ -164,8 +165,9 @@ def record_run(
     _probe_widths(subject, sources, prefix, cfg)
 
     chash = cfg.result_hash()
-    files = [out / "records" / f"{s.file_stem}.jsonl" for s in sources]
-    manifest = _load_manifest(out / "manifest.json")
+    rundir = RunDir(out)
+    files = [rundir.records_dir / f"{s.file_stem}.jsonl" for s in sources]
+    manifest = rundir.manifest()
     done = manifest.stages.get("record", {}) if manifest else {}
     if (
         done.get("config_hash") == chash
@@ -199,7 +201,7 @@ def record_run(
         device=subject.device,
         keep_pool_acts=_pool_bytes(cfg, sources) <= cfg.pool_memory_mb * 2**20,
     )
-    ckpt = out / CHECKPOINT_DIR / "state.pt"
+    ckpt = rundir.checkpoint_path
     resumed = _maybe_resume(ckpt, chash, collector, restart)
     pad_id = _pad_id(subject.tokenizer)
     windows = iter_windows(
@@ -232,7 +234,7 @@ def record_run(
         )
     t1, c1 = time.perf_counter(), time.process_time()
 
-    records_dir = out / "records"
+    records_dir = rundir.records_dir
     records_dir.mkdir(parents=True, exist_ok=True)
     tmps: list[Path] = []
     try:
@@ -248,7 +250,7 @@ def record_run(
             tmp.unlink(missing_ok=True)
     t2 = time.perf_counter()
     _write_manifest(out, manifest, subject, sources, corpus, cfg, chash, collector, files, t2 - t0)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(rundir.checkpoint_path.parent, ignore_errors=True)
     return RecordSummary(
         out,
         files,
@@ -305,15 +307,6 @@ def _probe_widths(
             chosen = chosen[: cfg.max_units]
         s.width = width
         s.indices = torch.tensor(chosen, dtype=torch.long, device=subject.device)
-
-
-def _load_manifest(path: Path) -> RunManifest | None:
-    if not path.exists():
-        return None
-    try:
-        return RunManifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as e:
-        raise DataError(f"{path}: invalid run manifest ({e.errors()[0]['msg']})") from None
 
 
 def _save_checkpoint(path: Path, chash: str, collector: Collector) -> None:
@@ -543,4 +536,4 @@ def _write_manifest(
         "finished_at": utc_now(),
     }
     manifest.updated_at = utc_now()
-    write_json_atomic(out / "manifest.json", manifest)
+    RunDir(out).write_manifest(manifest)

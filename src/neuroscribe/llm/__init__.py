@@ -3,10 +3,16 @@
 make_llm("gpt-4o-mini")                      # OpenAI (OPENAI_API_KEY)
 make_llm("smollm2", base_url="http://127.0.0.1:8080/v1")   # llama.cpp, vLLM, Ollama...
 make_llm("hf:embedded")                      # the embedded SmolLM2, in process
+make_llm("fake:test", answers=lambda msgs, **kw: "hi")     # the in-process test double
+
+Every backend gets the same layers (`wrappers`): usage accounting and prices, an
+optional response cache, optional rate limits. `await llm.capabilities()` says what
+it can do; `backend_info(spec)` what is known before building it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from neuroscribe.errors import ConfigError
@@ -19,17 +25,34 @@ from neuroscribe.llm.base import (
     TokenLogprob,
     is_local_spec,
 )
+from neuroscribe.llm.capabilities import Capabilities
+from neuroscribe.llm.messages import ContentPart, Message, image_part, text_part
+from neuroscribe.llm.registry import BackendInfo, backend_info, register_backend
+from neuroscribe.llm.wrappers import LLMWrapper, layers, unwrap
 
 __all__ = [
     "EMBEDDED_SPEC",
     "LLM",
     "LOCAL_PREFIX",
+    "BackendInfo",
+    "Capabilities",
     "Completion",
+    "ContentPart",
     "LLMResponse",
+    "LLMWrapper",
+    "Message",
     "TokenLogprob",
+    "backend_info",
     "discard_cached",
+    "image_part",
     "is_local_spec",
+    "layers",
     "make_llm",
+    "preflight",
+    "register_backend",
+    "text_part",
+    "unwrap",
+    "wrap",
 ]
 
 
@@ -38,32 +61,80 @@ def make_llm(
     *,
     base_url: str | None = None,
     api_key: str | None = None,
+    cache: Any = None,
+    prices: Any = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
     **options: Any,
 ) -> LLM:
-    """Build the backend named by `spec`.
+    """Build the backend named by `spec`, with the standard layers around it.
 
     A bare name is a model on the OpenAI-compatible endpoint (`base_url`/`api_key`, or
-    `$OPENAI_BASE_URL`/`$OPENAI_API_KEY`); `options` go to `OpenAICompatibleLLM`
-    (timeout_s, concurrency, rpm, tpm, max_attempts, cache, prices, echo_shift, probe,
+    `$OPENAI_BASE_URL`/`$OPENAI_API_KEY`); `options` then go to `OpenAIClient`
+    (timeout_s, concurrency, max_attempts, retry, transport, echo_shift, probe, probes,
     extra_body). `hf:<id or path>` is a local transformers model (`hf:embedded` the
-    embedded SmolLM2); `options` then go to `LocalLLM` (device, dtype).
+    embedded SmolLM2; options: device, dtype, store, loaded); `fake:<name>` a `FakeLLM`
+    (options: answers, capabilities, ...). Other prefixes come from `register_backend`.
+
+    Layers, for every backend: `cache` (a `ResponseCache` or the path of its sqlite
+    file; None = no cache), `rpm`/`tpm` (requests and tokens per minute), `prices` (a
+    table or price file; API backends only — in-process ones are not priced).
     """
     spec = (spec or "").strip()
     if not spec:
         raise ConfigError("empty model spec: give a model name or hf:<model>")
-    if is_local_spec(spec):
-        if spec == LOCAL_PREFIX:
-            raise ConfigError("'hf:' needs a hub id or path, e.g. hf:embedded")
-        from neuroscribe.llm.local import LocalLLM  # lazy: imports torch
+    info = backend_info(spec)
+    if info.prefix and spec == info.prefix:
+        raise ConfigError(f"{info.prefix!r} needs a name after it, e.g. {EMBEDDED_SPEC}")
+    if not info.prefix:
+        options.update(base_url=base_url, api_key=api_key)
+    from neuroscribe.llm.registry import REGISTRY
 
-        return LocalLLM(spec, **options)
-    from neuroscribe.llm.openai_api import OpenAICompatibleLLM
+    backend = REGISTRY.build(spec, **options)
+    return wrap(backend, cache=cache, prices=prices, rpm=rpm, tpm=tpm, priced=info.needs_pricing)
 
-    return OpenAICompatibleLLM(spec, base_url=base_url, api_key=api_key, **options)
+
+def wrap(
+    backend: LLM,
+    *,
+    cache: Any = None,
+    prices: Any = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    priced: bool = True,
+) -> LLM:
+    """Put the standard layers around a built backend (what `make_llm` does).
+
+    Order, outermost first: usage/prices → cache → rate limits → backend, so a cache
+    hit is free and takes nothing from the rate limits.
+    """
+    from neuroscribe.llm.cache import CachedLLM, ResponseCache
+    from neuroscribe.llm.limits import RateLimitedLLM
+    from neuroscribe.llm.pricing import UsageLLM
+
+    llm: LLM = backend
+    if rpm or tpm:
+        llm = RateLimitedLLM(llm, rpm=rpm, tpm=tpm)
+    if cache is not None:
+        if not isinstance(cache, (ResponseCache, str, os.PathLike)):
+            raise ConfigError(f"cache must be a ResponseCache or a file path, not {cache!r}")
+        llm = CachedLLM(llm, cache)
+    return UsageLLM(llm, prices=prices, priced=priced)
 
 
 def discard_cached(llm: LLM, response: LLMResponse) -> None:
     """Drop an unusable `response` from `llm`'s cache before retrying (no-op without one)."""
-    discard = getattr(llm, "discard", None)
-    if callable(discard):
-        discard(response)
+    for layer in layers(llm):
+        discard = getattr(type(layer), "discard", None)
+        if callable(discard):
+            discard(layer, response)
+
+
+async def preflight(llm: LLM) -> None:
+    """Fail early on a backend that cannot work (unreachable server, 401, unserved model).
+
+    Backends without anything to check (in-process models) pass at once.
+    """
+    check = getattr(unwrap(llm), "preflight", None)
+    if check is not None:
+        await check()

@@ -1,17 +1,24 @@
 """The one small model interface every backend implements.
 
 A backend is named by a spec string: a bare name (`gpt-4o-mini`, `smollm2`) is a model
-served by the OpenAI-compatible endpoint; `hf:<hub id or path>` is a local transformers
-model and `hf:embedded` the embedded SmolLM2. Explainer and simulators only talk to
-`LLM`, so the same code runs against OpenAI, vLLM, llama.cpp, Ollama or a local model.
+served by the OpenAI-compatible endpoint; a prefix picks another registered backend
+(`hf:<hub id or path>` a local transformers model, `hf:embedded` the embedded SmolLM2,
+`fake:` the in-process test double; see `registry`). Explainer and simulators only talk
+to `LLM` and its declared `Capabilities`, so the same code runs against OpenAI, vLLM,
+llama.cpp, Ollama or a local model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
+
+if TYPE_CHECKING:
+    from neuroscribe.llm.capabilities import Capabilities
 
 
 @dataclass
@@ -41,18 +48,27 @@ class Completion:
 class LLMResponse:
     choices: list[Completion]
     usage: Usage = field(default_factory=Usage)
+    # The backend's answer as received (API JSON), plus "_cache_key" when a cache
+    # layer stored it (what `discard_cached` deletes).
     raw: dict[str, Any] | None = None
 
 
 @runtime_checkable
 class LLM(Protocol):
-    """A model that answers chat and completion requests."""
+    """A model that answers chat and completion requests.
+
+    `messages` are `Message`s: content a string or a list of parts (see `messages`).
+    Parameters a backend cannot honour (logprobs it does not have) are ignored, as
+    servers do; `capabilities()` says beforehand which ones it honours.
+    """
 
     spec: str
 
+    async def capabilities(self) -> Capabilities: ...
+
     async def chat(
         self,
-        messages: list[dict[str, str]],
+        messages: Sequence[Message],
         *,
         n: int = 1,
         temperature: float = 1.0,
@@ -82,4 +98,8 @@ EMBEDDED_SPEC = "hf:embedded"
 
 
 def is_local_spec(spec: str) -> bool:
-    return spec.startswith(LOCAL_PREFIX)
+    """Whether `spec` names an in-process backend (kept for old callers: prefer
+    `neuroscribe.llm.backend_info(spec).local`)."""
+    from neuroscribe.llm.registry import backend_info
+
+    return backend_info(spec).local

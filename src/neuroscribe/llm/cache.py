@@ -2,10 +2,12 @@
 
 One sqlite3 file (stdlib), WAL journal: concurrent readers, atomic writes, and a process
 killed with SIGKILL leaves either the whole entry or none of it. Keys are a SHA-256 of
-the full request (endpoint, model, prompt or messages, every sampling parameter), but
-not of the base URL or key, so the same model behind a proxy or another host shares
-entries. Only answers the backend accepted are stored; a caller that later finds an
-answer unusable removes it with `delete` (see `OpenAICompatibleLLM.discard`).
+the full request (call kind, model spec, prompt or messages, every sampling parameter),
+but not of the base URL or key, so the same model behind a proxy or another host shares
+entries. `CachedLLM` puts the cache in front of any backend, storing the *mapped*
+answer (texts and aligned logprobs), so a hit needs no backend at all. Only answers the
+backend accepted are stored; a caller that later finds an answer unusable removes it
+with `discard_cached(llm, response)` before retrying.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from neuroscribe.errors import ConfigError
+from neuroscribe.llm.base import LLM, Completion, LLMResponse, TokenLogprob
+from neuroscribe.llm.messages import Message, to_wire
+from neuroscribe.llm.wrappers import LLMWrapper
+from neuroscribe.schema import Usage
 
-CACHE_VERSION = 1  # bump when the stored shape changes; old entries are then ignored
+# Bump when the stored shape changes; old entries are then never looked up.
+# v2: entries are mapped `LLMResponse`s keyed by call kind + spec (v1: raw API JSON).
+CACHE_VERSION = 2
 
 
 def default_cache_path() -> Path:
@@ -102,3 +112,72 @@ class ResponseCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+def response_to_json(response: LLMResponse) -> dict[str, Any]:
+    """What a cache entry holds: the choices (texts, logprobs) and the served model."""
+    served = (response.raw or {}).get("model")
+    return {"choices": [asdict(c) for c in response.choices], "model": served}
+
+
+def response_from_json(data: dict[str, Any]) -> list[Completion]:
+    """Choices back from a cache entry (KeyError/TypeError on a stale shape)."""
+
+    def tokens(items: list[dict[str, Any]] | None) -> list[TokenLogprob] | None:
+        return None if items is None else [TokenLogprob(**t) for t in items]
+
+    return [
+        Completion(
+            text=c["text"],
+            finish_reason=c["finish_reason"],
+            tokens=tokens(c["tokens"]),
+            prompt_tokens=tokens(c["prompt_tokens"]),
+        )
+        for c in data["choices"]
+    ]
+
+
+class CachedLLM(LLMWrapper):
+    """Answers repeated requests from a `ResponseCache`; forwards the rest and stores them.
+
+    A hit costs nothing: its usage is `cached_requests=1, cost_usd=0.0`. Each answer's
+    `raw["_cache_key"]` names its entry so `discard` can drop an unusable one.
+    """
+
+    def __init__(self, inner: LLM, cache: ResponseCache | str | os.PathLike[str]):
+        super().__init__(inner)
+        self.cache = cache if isinstance(cache, ResponseCache) else ResponseCache(cache)
+
+    async def chat(self, messages: Sequence[Message], **params: Any) -> LLMResponse:
+        key = request_key("chat", {"model": self.spec, "messages": to_wire(messages), **params})
+        return await self._cached(key, lambda: self.inner.chat(messages, **params))
+
+    async def complete(self, prompt: str, **params: Any) -> LLMResponse:
+        key = request_key("complete", {"model": self.spec, "prompt": prompt, **params})
+        return await self._cached(key, lambda: self.inner.complete(prompt, **params))
+
+    async def _cached(self, key: str, call: Any) -> LLMResponse:
+        hit = self.cache.get(key)
+        if hit is not None:
+            try:
+                choices = response_from_json(hit)
+            except (KeyError, TypeError, ValueError):
+                self.cache.delete(key)  # stale shape: ask again
+            else:
+                usage = Usage(cached_requests=1, cost_usd=0.0)
+                return LLMResponse(
+                    choices, usage, raw={"model": hit.get("model"), "_cache_key": key}
+                )
+        response: LLMResponse = await call()
+        self.cache.put(key, response_to_json(response))
+        response.raw = {**(response.raw or {}), "_cache_key": key}
+        return response
+
+    def discard(self, response: LLMResponse) -> None:
+        """Remove `response`'s entry (call before retrying the same request)."""
+        key = (response.raw or {}).get("_cache_key")
+        if key:
+            self.cache.delete(key)

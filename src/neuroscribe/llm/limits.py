@@ -1,29 +1,37 @@
-"""The one owner of concurrency, rate limits and retries for LLM calls.
+"""Concurrency, rate limits and retries for LLM calls.
 
-`CallLimits.run(fn, tokens=...)` runs one request under a concurrency semaphore and
-requests-per-minute / tokens-per-minute token buckets, and retries it with `tenacity`
+`CallLimits.run(fn, tokens=...)` runs one request under a concurrency semaphore (and
+optional requests/tokens-per-minute buckets) and retries it with `tenacity`
 (exponential backoff with full jitter, honouring `Retry-After` / `retry-after-ms`,
 capped) when it raises a `TransientError` (429, 5xx, timeouts, dropped connections,
 truncated or invalid bodies). Any other exception — a 400, a 401, a wrong model — is
-raised at once. The backends translate their SDK's exceptions into these types, so
-this module knows nothing about HTTP libraries.
+raised at once. The HTTP client uses it for its attempts; it translates its library's
+exceptions into these types, so this module knows nothing about HTTP libraries.
+
+`RateLimitedLLM` is the rate-limit layer `make_llm` puts in front of any backend
+(`rpm=`, `tpm=`): one bucket acquire per call, before the backend's own retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import random
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from neuroscribe.errors import LLMError
+from neuroscribe.llm.base import LLM, LLMResponse
+from neuroscribe.llm.messages import Message, to_wire
+from neuroscribe.llm.secrets import ScrubFilter, scrub  # here for old callers
+from neuroscribe.llm.wrappers import LLMWrapper
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +46,6 @@ class TransientError(LLMError):
     ):
         super().__init__(message, status=status, retryable=True)
         self.retry_after_s = retry_after_s
-
-
-# --------------------------------------------------------------------------- secrets
-
-_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9]*-?)[A-Za-z0-9_\-*]{6,}")
-
-
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Remove every secret (and anything that looks like an `sk-` key) from `text`."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEYLIKE.sub(r"\1***", text)
-
-
-class ScrubFilter(logging.Filter):
-    """A logging filter that scrubs secrets from every record passing through a logger."""
-
-    def __init__(self, secrets: Iterable[str]):
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = scrub(msg, self.secrets)
-        if clean != msg:
-            record.msg, record.args = clean, None
-        return True
 
 
 # --------------------------------------------------------------------------- Retry-After
@@ -255,3 +235,74 @@ class CallLimits:
             )
 
         return log_retry
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token for English; only feeds the tokens-per-minute bucket."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class RateLimitedLLM(LLMWrapper):
+    """Requests- and tokens-per-minute limits in front of any backend.
+
+    Each call takes one request and its estimated tokens (prompt + n·max_tokens) from
+    the buckets before it goes out; once the real usage is known the tokens the
+    estimate missed are charged as debt that later calls wait out.
+    """
+
+    def __init__(self, inner: LLM, *, rpm: float | None = None, tpm: float | None = None):
+        super().__init__(inner)
+        self.rpm = TokenBucket(rpm) if rpm else None
+        self.tpm = TokenBucket(tpm) if tpm else None
+        self._loop: object | None = None
+
+    async def chat(self, messages: Sequence[Message], **params: Any) -> LLMResponse:
+        n, max_tokens = params.get("n", 1), params.get("max_tokens", 60)
+        estimate = estimate_tokens(json.dumps(to_wire(messages))) + n * max(1, max_tokens)
+        return await self._limited(estimate, lambda: self.inner.chat(messages, **params))
+
+    async def complete(self, prompt: str, **params: Any) -> LLMResponse:
+        n, max_tokens = params.get("n", 1), params.get("max_tokens", 60)
+        echo = 2 if params.get("echo") else 1  # echo answers carry the prompt again
+        estimate = estimate_tokens(prompt) * echo + n * max(1, max_tokens)
+        return await self._limited(estimate, lambda: self.inner.complete(prompt, **params))
+
+    async def _limited(
+        self, estimate: int, call: Callable[[], Awaitable[LLMResponse]]
+    ) -> LLMResponse:
+        self._bind_loop()
+        if self.rpm:
+            await self.rpm.acquire(1)
+        if self.tpm:
+            await self.tpm.acquire(estimate)
+        response = await call()
+        if self.tpm:
+            spent = response.usage.prompt_tokens + response.usage.completion_tokens
+            if spent > estimate:
+                self.tpm.charge(spent - estimate)
+        return response
+
+    def _bind_loop(self) -> None:
+        # A bucket's lock belongs to one event loop; levels carry over between loops.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            for bucket in (self.rpm, self.tpm):
+                if bucket is not None:
+                    bucket._lock = asyncio.Lock()
+
+
+__all__ = [
+    "CallLimits",
+    "RateLimitedLLM",
+    "RetryPolicy",
+    "ScrubFilter",
+    "TokenBucket",
+    "TransientError",
+    "estimate_tokens",
+    "parse_retry_after",
+    "scrub",
+]

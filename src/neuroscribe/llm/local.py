@@ -1,10 +1,13 @@
 """The local backend: a `transformers` causal LM behind the `LLM` interface.
 
 Named `hf:<hub id or folder>` (`hf:embedded` is the embedded SmolLM2). A model is loaded
-once per (path, device, dtype) and shared, so an explainer and an exact simulator that
-name the same spec use one copy of the weights. Torch work is blocking, so each call
-runs in a worker thread; a per-model lock keeps concurrent calls from interleaving on
-the model (one forward pass at a time is also what a CPU can usefully do).
+once per (path, device, dtype) into a `ModelStore` and shared, so an explainer and an
+exact simulator that name the same spec use one copy of the weights (`DEFAULT_STORE`
+is the process's; pass `store=` for another, `clear()` to free the weights). Torch work
+is blocking, so each call runs in a worker thread; a per-model lock keeps concurrent
+calls from interleaving on the model (one forward pass at a time is also what a CPU
+can usefully do). Facts computed about a model (e.g. whether its head is a plain
+linear layer) live in `LocalModel.memo`, never as attributes on the HF model.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neuroscribe.errors import ConfigError, LLMError
 from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX, Completion, LLMResponse, TokenLogprob
+from neuroscribe.llm.capabilities import Capabilities
+from neuroscribe.llm.messages import Message, message_text
 from neuroscribe.schema import Usage
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,15 @@ class LocalModel:
     tokenizer: Any
     device: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Facts computed once about this model (a side table: the HF model is not ours to
+    # decorate, and a second store holding the same weights must not see stale ones).
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def remember(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`memo[key]`, computed on first use."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @property
     def max_context(self) -> int | None:
@@ -94,32 +109,65 @@ class LocalModel:
         return None
 
 
-_MODELS: dict[tuple[str, str, str], LocalModel] = {}
-_MODELS_LOCK = threading.Lock()
+class ModelStore:
+    """Loaded models by (path, device, dtype): each is loaded once and shared.
+
+    Thread-safe; one load at a time (two threads asking for one model must not load it
+    twice). `clear()` drops every model, so its memory can be freed.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str, str], LocalModel] = {}
+        self._lock = threading.Lock()
+
+    def load(self, spec: str, *, device: str | None = None, dtype: str | None = None) -> LocalModel:
+        """The model a `hf:` spec names, loaded on first use."""
+        path = resolve_local_spec(spec)
+        device = device or default_device()
+        torch_dtype = _torch_dtype(dtype, device)
+        key = (path, device, str(torch_dtype))
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = _load(path, device, torch_dtype)
+            return self._models[key]
+
+    def register(self, spec: str, model: Any, tokenizer: Any) -> LocalModel:
+        """Put an already built model in the store under `spec` (tests, notebooks)."""
+        param = next(model.parameters())
+        model.eval()
+        loaded = LocalModel(path=spec, model=model, tokenizer=tokenizer, device=str(param.device))
+        with self._lock:
+            self._models[(spec, str(param.device), str(param.dtype))] = loaded
+        return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+
+DEFAULT_STORE = ModelStore()  # the process's store (what `hf:` specs use by default)
 
 
 def load_local_model(
-    spec: str, *, device: str | None = None, dtype: str | None = None
+    spec: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    store: ModelStore | None = None,
 ) -> LocalModel:
-    """Load (once per path, device and dtype) the model a `hf:` spec names."""
-    path = resolve_local_spec(spec)
-    device = device or default_device()
-    torch_dtype = _torch_dtype(dtype, device)
-    key = (path, device, str(torch_dtype))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = _load(path, device, torch_dtype)
-        return _MODELS[key]
+    """Load (once per path, device and dtype, per store) the model a `hf:` spec names."""
+    return (store if store is not None else DEFAULT_STORE).load(spec, device=device, dtype=dtype)
 
 
-def register_local_model(spec: str, model: Any, tokenizer: Any) -> LocalModel:
-    """Put an already built model in the cache under `spec` (tests, notebooks)."""
-    device = str(next(model.parameters()).device)
-    model.eval()
-    loaded = LocalModel(path=spec, model=model, tokenizer=tokenizer, device=device)
-    with _MODELS_LOCK:
-        _MODELS[(spec, device, str(next(model.parameters()).dtype))] = loaded
-    return loaded
+def register_local_model(
+    spec: str, model: Any, tokenizer: Any, *, store: ModelStore | None = None
+) -> LocalModel:
+    """Put an already built model in a store under `spec` (tests, notebooks)."""
+    return (store if store is not None else DEFAULT_STORE).register(spec, model, tokenizer)
 
 
 def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
@@ -160,7 +208,8 @@ class LocalLLM:
     `LocalLLM("hf:embedded")`, `LocalLLM("hf:gpt2")`, `LocalLLM("hf:/path/to/model")`.
     Usage counts real tokens; `cost_usd` stays None (local compute is not priced).
     `response_format` is not enforced: the request is answered as plain text and the
-    caller's parser validates it (JSON-constrained decoding is not implemented).
+    caller's parser validates it (JSON-constrained decoding is not implemented), so
+    the capabilities say json_schema=False. Messages must be text (image_input=False).
     """
 
     def __init__(
@@ -170,24 +219,33 @@ class LocalLLM:
         device: str | None = None,
         dtype: str | None = None,
         loaded: LocalModel | None = None,
+        store: ModelStore | None = None,
     ):
         self.spec = spec
         self._device = device
         self._dtype = dtype
         self._loaded = loaded
+        self._store = store
 
     @property
     def loaded(self) -> LocalModel:
         """The shared loaded model (loads it on first use)."""
         if self._loaded is None:
-            self._loaded = load_local_model(self.spec, device=self._device, dtype=self._dtype)
+            self._loaded = load_local_model(
+                self.spec, device=self._device, dtype=self._dtype, store=self._store
+            )
         return self._loaded
 
     # -- the LLM interface -------------------------------------------------------------
 
+    async def capabilities(self) -> Capabilities:
+        """Static, from the model's tokenizer and config (loads the model on first use)."""
+        loaded = await asyncio.to_thread(lambda: self.loaded)
+        return local_capabilities(loaded.tokenizer, loaded.max_context)
+
     async def chat(
         self,
-        messages: list[dict[str, str]],
+        messages: Sequence[Message],
         *,
         n: int = 1,
         temperature: float = 1.0,
@@ -246,7 +304,7 @@ class LocalLLM:
         return response
 
     async def aclose(self) -> None:
-        # The weights stay in the shared cache: another LLM or simulator may use them.
+        # The weights stay in the store: another LLM or simulator may use them.
         return None
 
     def _locked(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -254,14 +312,102 @@ class LocalLLM:
             return fn(*args, **kwargs)
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a chat: the tokenizer's chat template, else the contents joined as text."""
+def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a chat: the tokenizer's chat template, else the contents joined as text.
+
+    Content parts are joined into one string (text only: an image part is a ConfigError).
+    """
+    plain = [
+        {"role": m["role"], "content": message_text(m, backend="a local model")} for m in messages
+    ]
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
         # The template writes the special tokens itself.
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    text = "\n\n".join(m["content"] for m in plain) + "\n\n"
     return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def ten_is_one_token(tokenizer: Any) -> bool:
+    """Whether "10" after a tab (where a value is written) is a single token."""
+    anchor = tokenizer("\t", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("\t10", add_special_tokens=False)["input_ids"]
+    if ids[: len(anchor)] == anchor:
+        ids = ids[len(anchor) :]
+    return len(ids) == 1
+
+
+def local_capabilities(tokenizer: Any, context_length: int | None) -> Capabilities:
+    """What an in-process model can do: everything but JSON enforcement and images."""
+    caps = Capabilities(
+        chat=True,
+        completions=True,
+        prompt_logprobs=True,
+        chat_top_logprobs=True,
+        json_object=False,
+        json_schema=False,
+        image_input=False,
+        exact_logits=True,
+        context_length=context_length,
+        ten_single_token=ten_is_one_token(tokenizer),
+        echo_shift=0,
+    )
+    return caps.with_counter(
+        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    )
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _tokenizer(spec: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_local_spec(spec))
+
+
+def _token_counter(spec: str) -> tuple[Callable[[str], int], Callable[[Any], int], str]:
+    tok = _tokenizer(spec)
+    return (
+        lambda t: len(tok(t, add_special_tokens=False)["input_ids"]),
+        lambda msgs: len(chat_prompt_ids(tok, msgs)),
+        f"hf:{resolve_local_spec(spec)}",
+    )
+
+
+def _offline_capabilities(spec: str) -> Capabilities:
+    # The tokenizer alone decides the scale; the context needs only the config.
+    from transformers import AutoConfig
+
+    path = resolve_local_spec(spec)
+    context = None
+    try:
+        config = AutoConfig.from_pretrained(path)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                context = value
+                break
+    except (OSError, ValueError):
+        pass
+    return local_capabilities(_tokenizer(spec), context)
+
+
+def register(registry: Any) -> None:
+    """`hf:<hub id or folder>`: a transformers model in this process."""
+    from neuroscribe.llm.registry import BackendInfo
+
+    registry.register(
+        LOCAL_PREFIX,
+        LocalLLM,
+        BackendInfo(
+            name="local",
+            prefix=LOCAL_PREFIX,
+            local=True,
+            token_counter=_token_counter,
+            offline_capabilities=_offline_capabilities,
+        ),
+    )
 
 
 def _token_logprob(tokenizer: Any, logprobs: Any, token_id: int, k: int | None) -> TokenLogprob:

@@ -8,6 +8,10 @@ installed) file overrides or extends it — e.g. to declare a local model free:
 
 `cost()` returns None for a model with no known price, so callers can tell "free" (0.0)
 from "unknown" (None) — `--max-cost` must refuse to run on unknown prices.
+
+`UsageLLM` is the accounting layer `make_llm` puts outermost on every backend: it
+prices each answer the backend produced (cache hits are already free) and keeps the
+running total in `.usage`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neuroscribe.errors import ConfigError
+from neuroscribe.llm.base import LLM, LLMResponse
+from neuroscribe.llm.messages import Message
+from neuroscribe.llm.wrappers import LLMWrapper
+from neuroscribe.schema import Usage
 
 PRICES_ENV = "NEUROSCRIBE_PRICES"
 
@@ -138,3 +148,46 @@ def cost(
     if price is None:
         return None
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+
+
+PriceTable = dict[str, Price]
+
+
+class UsageLLM(LLMWrapper):
+    """Prices every answer and keeps the running `usage` total of a backend's calls.
+
+    `prices` is a table, a price file, or None (built-in + $NEUROSCRIBE_PRICES);
+    `priced=False` leaves `cost_usd` as the backend set it (in-process models are not
+    priced). The price is looked up by the spec, then by the model the server says it
+    served (`raw["model"]`).
+    """
+
+    def __init__(
+        self,
+        inner: LLM,
+        *,
+        prices: PriceTable | str | os.PathLike[str] | None = None,
+        priced: bool = True,
+    ):
+        super().__init__(inner)
+        self.prices: PriceTable | None = None
+        if priced:
+            self.prices = prices if isinstance(prices, dict) else load_prices(prices)
+        self.usage = Usage()  # running total over this object's calls
+
+    async def chat(self, messages: Sequence[Message], **params: Any) -> LLMResponse:
+        return self._account(await self.inner.chat(messages, **params))
+
+    async def complete(self, prompt: str, **params: Any) -> LLMResponse:
+        return self._account(await self.inner.complete(prompt, **params))
+
+    def _account(self, response: LLMResponse) -> LLMResponse:
+        u = response.usage
+        if self.prices is not None and u.requests and u.cost_usd is None:
+            price = cost(self.spec, u.prompt_tokens, u.completion_tokens, self.prices)
+            served = (response.raw or {}).get("model")
+            if price is None and served and served != self.spec:
+                price = cost(str(served), u.prompt_tokens, u.completion_tokens, self.prices)
+            response.usage = u = u.model_copy(update={"cost_usd": price})
+        self.usage = self.usage.add(u)
+        return response

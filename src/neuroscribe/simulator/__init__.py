@@ -1,7 +1,8 @@
 """Simulators: explanation + tokens → expected activations, behind one interface.
 
-`make_simulator` picks the strategy from what the backend supports (probed once per
-endpoint and model, cached by the client) unless the user forces one.
+`make_simulator` asks the backend for its `Capabilities` and picks the strategy with
+the pure `choose_strategy(caps, requested)` — the same function a dry run calls on
+capabilities read back from the run manifest, so both always agree.
 """
 
 from __future__ import annotations
@@ -9,64 +10,92 @@ from __future__ import annotations
 from typing import Any
 
 from neuroscribe.errors import ConfigError
-from neuroscribe.llm.base import LLM, is_local_spec
+from neuroscribe.llm.base import LLM
+from neuroscribe.llm.capabilities import Capabilities
 from neuroscribe.simulator.api import ChatLogprobSimulator, JsonSimulator, PromptLogprobSimulator
 from neuroscribe.simulator.base import SimulatedExcerpt, Simulator
 
 STRATEGIES = ("auto", "exact", "prompt-logprobs", "chat-logprobs", "json")
 
 
-def strategy_from_probe(probe: dict[str, Any]) -> str:
-    """What `auto` picks for an endpoint: prompt logprobs, else chat logprobs, else JSON."""
-    if probe.get("echo_logprobs"):
+def choose_strategy(caps: Capabilities, requested: str = "auto") -> str:
+    """The strategy `requested` resolves to on a backend with `caps` (pure).
+
+    `auto` prefers exact logits (in-process models), then prompt logprobs (the
+    reference's all-at-once method), then chat top-logprobs, then JSON. A named
+    strategy is honoured — a probe can miss a feature the user knows is there —
+    except `exact`, which cannot run without in-process logits.
+    """
+    if requested not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {requested!r}; choose one of {', '.join(STRATEGIES)}")
+    if requested == "exact" and not caps.exact_logits:
+        raise ConfigError(
+            "the exact strategy needs a model whose logits run in this process "
+            "(a local model, hf:...)"
+        )
+    if requested != "auto":
+        return requested
+    if caps.exact_logits:
+        return "exact"
+    if caps.prompt_logprobs:
         return "prompt-logprobs"
-    if probe.get("chat_logprobs"):
+    if caps.chat_top_logprobs:
         return "chat-logprobs"
     return "json"
 
 
+def scale_for(caps: Capabilities) -> int:
+    """The top of the value scale: 0–9 when "10" is known to be two tokens, else 0–10."""
+    return caps.scale_max
+
+
+def strategy_from_probe(probe: dict[str, Any]) -> str:
+    """What `auto` picks for an endpoint probe (kept for old callers)."""
+    return choose_strategy(Capabilities.from_manifest(probe), "auto")
+
+
 def scale_from_probe(probe: dict[str, Any]) -> int:
-    """A tokenizer without a single-token "10" cannot express 10 in one slot: use 0–9."""
-    return 9 if probe.get("ten_single_token") is False else 10
+    """The value scale for an endpoint probe (kept for old callers)."""
+    return scale_for(Capabilities.from_manifest(probe))
+
+
+def _json_mode(caps: Capabilities) -> str:
+    # OpenAI, vLLM and Ollama take json_schema; llama.cpp a schema inside json_object.
+    return "json_schema" if caps.json_schema else "json_object"
 
 
 async def make_simulator(
     llm: LLM, strategy: str = "auto", **options: Any
 ) -> tuple[Simulator, dict[str, Any]]:
-    """Build the simulator for `llm`; returns it with the probe result (for the manifest)."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if is_local_spec(llm.spec):
-        if strategy not in ("auto", "exact"):
-            raise ConfigError(
-                f"local model {llm.spec} simulates exactly from its logits; "
-                f"strategy {strategy!r} is for API endpoints"
-            )
-        from neuroscribe.simulator.exact import ExactSimulator
+    """Build the simulator for `llm`; returns it with what to record in the manifest.
 
-        sim = ExactSimulator.from_llm(llm, **options)
-        return sim, {"strategy": "exact", "scale_max": sim.scale_max}
-    if strategy == "exact":
-        raise ConfigError(f"the exact strategy needs a local model (hf:...), not {llm.spec}")
+    The dict holds the backend's probe (API backends; the keys stored before
+    capabilities existed), `strategy`, `scale_max` and `capabilities`
+    (`Capabilities.to_manifest()`, read back with `Capabilities.from_manifest`).
+    """
+    caps = await llm.capabilities()
+    chosen = choose_strategy(caps, strategy)
+    probe = getattr(llm, "probe_result", None)  # API clients: the raw probe, for the record
+    record: dict[str, Any] = dict(probe) if isinstance(probe, dict) else {}
+    if chosen == "exact":
+        from neuroscribe.simulator.exact import ExactSimulator  # lazy: imports torch
 
-    probe: dict[str, Any] = await llm.probe()  # type: ignore[attr-defined]
-    if strategy == "auto":
-        strategy = strategy_from_probe(probe)
-    scale_max = options.pop("scale_max", None)
-    if scale_max is None:
-        scale_max = scale_from_probe(probe)
-    cls = {
-        "prompt-logprobs": PromptLogprobSimulator,
-        "chat-logprobs": ChatLogprobSimulator,
-        "json": JsonSimulator,
-    }[strategy]
-    if cls is JsonSimulator:
-        # OpenAI, vLLM and Ollama take json_schema; llama.cpp a schema inside json_object.
-        options.setdefault(
-            "json_mode", "json_schema" if probe.get("json_schema") else "json_object"
-        )
-    sim = cls(llm, scale_max=scale_max, **options)
-    return sim, {**probe, "strategy": strategy, "scale_max": scale_max}
+        sim: Any = ExactSimulator.from_llm(llm, **options)
+        scale_max = sim.scale_max
+    else:
+        scale_max = options.pop("scale_max", None)
+        if scale_max is None:
+            scale_max = scale_for(caps)
+        cls = {
+            "prompt-logprobs": PromptLogprobSimulator,
+            "chat-logprobs": ChatLogprobSimulator,
+            "json": JsonSimulator,
+        }[chosen]
+        if cls is JsonSimulator:
+            options.setdefault("json_mode", _json_mode(caps))
+        sim = cls(llm, scale_max=scale_max, **options)
+    record.update(strategy=chosen, scale_max=scale_max, capabilities=caps.to_manifest())
+    return sim, record
 
 
 __all__ = [
@@ -76,7 +105,9 @@ __all__ = [
     "PromptLogprobSimulator",
     "SimulatedExcerpt",
     "Simulator",
+    "choose_strategy",
     "make_simulator",
+    "scale_for",
     "scale_from_probe",
     "strategy_from_probe",
 ]

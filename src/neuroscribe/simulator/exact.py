@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from neuroscribe.errors import ConfigError
-from neuroscribe.llm.local import LocalModel, load_local_model
+from neuroscribe.llm.local import LocalModel, ModelStore, load_local_model
 from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, UNKNOWN, PromptTooLong
 from neuroscribe.prompts import build_simulation_prompt as _build_prompt
 from neuroscribe.schema import Usage
@@ -190,13 +190,11 @@ def head_is_plain_linear(model: Any) -> bool:
 
     Then the cached path may apply only the value rows of the head at slot positions
     (saving the full-vocabulary projection of every token). Models that scale or cap
-    their logits fail this check and get the full head instead.
+    their logits fail this check and get the full head instead. Callers remember the
+    answer per model (`LocalModel.remember`); nothing is stored on the model itself.
     """
     import torch
 
-    cached = getattr(model, "_neuroscribe_plain_head", None)
-    if cached is not None:
-        return cached
     device = next(model.parameters()).device
     ids = torch.arange(1, 9, device=device).unsqueeze(0) % model.config.vocab_size
     with torch.inference_mode():
@@ -206,8 +204,10 @@ def head_is_plain_linear(model: Any) -> bool:
         part = torch.nn.functional.linear(hidden, weight, bias).float()
     ok = bool(torch.allclose(full[: part.shape[0]], part, rtol=1e-3, atol=1e-3))
     if not ok:
-        log.info("%s scales or caps its logits: the cached path applies the full head", model)
-    model._neuroscribe_plain_head = ok
+        log.info(
+            "%s scales or caps its logits: the cached path applies the full head",
+            type(model).__name__,
+        )
     return ok
 
 
@@ -280,13 +280,18 @@ def batch_forward(
         ).last_hidden_state
 
 
-def slot_logits_cached(model: Any, sim: SimulationIds, *, batch_size: int = 8) -> list[Any]:
-    """Value logits per slot: prefix once, then excerpts in batches on its KV cache."""
+def slot_logits_cached(
+    model: Any, sim: SimulationIds, *, batch_size: int = 8, plain_head: bool | None = None
+) -> list[Any]:
+    """Value logits per slot: prefix once, then excerpts in batches on its KV cache.
+
+    `plain_head`: the remembered `head_is_plain_linear(model)` (checked now if None).
+    """
     import torch
 
     if not any(p.slots for p in sim.excerpts):
         return [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
-    plain = head_is_plain_linear(model)
+    plain = head_is_plain_linear(model) if plain_head is None else plain_head
     weight, bias = _value_head(model, sim.value_ids)
     cache = prefix_cache(model, sim.prefix)
     # Tokens after an excerpt's last slot cannot change any slot (causal attention).
@@ -361,6 +366,7 @@ class ExactSimulator:
         device: str | None = None,
         dtype: str | None = None,
         loaded: LocalModel | None = None,
+        store: ModelStore | None = None,
         batch_size: int | None = None,
         n_examples: int = 2,
         max_prompt_tokens: int | None = None,
@@ -381,11 +387,14 @@ class ExactSimulator:
         self._device = device
         self._dtype = dtype
         self._loaded = loaded
+        self._store = store
 
     @property
     def loaded(self) -> LocalModel:
         if self._loaded is None:
-            self._loaded = load_local_model(self.spec, device=self._device, dtype=self._dtype)
+            self._loaded = load_local_model(
+                self.spec, device=self._device, dtype=self._dtype, store=self._store
+            )
         return self._loaded
 
     @property
@@ -402,8 +411,10 @@ class ExactSimulator:
 
     @classmethod
     def from_llm(cls, llm: Any, **options: Any) -> ExactSimulator:
-        """The exact simulator on the model a `LocalLLM` already holds (weights shared)."""
-        return cls(llm.spec, loaded=llm.loaded, **options)
+        """The exact simulator on the model a `LocalLLM` (bare or wrapped) holds."""
+        from neuroscribe.llm.wrappers import unwrap
+
+        return cls(llm.spec, loaded=unwrap(llm).loaded, **options)
 
     def prompt_limit(self) -> int | None:
         """The deliberate token limit: `max_prompt_tokens`, never above the context."""
@@ -428,7 +439,10 @@ class ExactSimulator:
             if self.mode == "naive" or not supports_cached(loaded.model):
                 logits = slot_logits_naive(loaded.model, sim)
             else:
-                logits = slot_logits_cached(loaded.model, sim, batch_size=self.batch_size)
+                plain = loaded.remember("plain_head", lambda: head_is_plain_linear(loaded.model))
+                logits = slot_logits_cached(
+                    loaded.model, sim, batch_size=self.batch_size, plain_head=plain
+                )
         return to_simulated(
             sim, logits, cached=self.mode == "cached" and supports_cached(loaded.model)
         )

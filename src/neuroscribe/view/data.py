@@ -2,6 +2,11 @@
 
 Both the self-contained file and the server send exactly these models as JSON; the page's
 script renders them with `textContent`, so no string here is ever parsed as HTML.
+
+Every scorer's score of an explanation is sent with its metrics by name (`ScoreView`),
+and the page renders whatever metrics it finds, so a new scorer shows up without edits.
+The headline `score` (sorting, badge, the unit list's best and mean) is the primary
+scorer's primary metric: the simulation scorer if the run has it, else its first scorer.
 """
 
 from __future__ import annotations
@@ -11,8 +16,15 @@ from collections import defaultdict
 
 from pydantic import BaseModel
 
+from neuroscribe.compare import default_scorer
 from neuroscribe.rundir import Run, split_unit_id
-from neuroscribe.schema import ActivationRecord, Explanation, Score, SequenceSimulation
+from neuroscribe.schema import (
+    ActivationRecord,
+    Explanation,
+    Score,
+    ScoreInterval,
+    SequenceSimulation,
+)
 
 
 class UnitSummary(BaseModel):
@@ -38,18 +50,27 @@ class ExcerptView(BaseModel):
     simulated: list[float | None] | None = None
 
 
+class ScoreView(BaseModel):
+    """One scorer's verdict on an explanation: its metrics by name."""
+
+    scorer: str
+    model: str | None
+    metrics: dict[str, float | None]
+    primary_metric: str
+    interval: ScoreInterval | None
+    n_excerpts: int
+    n_tokens: int
+    flags: list[str]
+
+
 class ExplanationView(BaseModel):
     explanation_id: str
     text: str
     explainer: str
-    simulator: str | None
-    score: float | None
-    top_score: float | None
-    random_score: float | None
-    ci_low: float | None
-    ci_high: float | None
-    r2: float | None
-    flags: list[str]
+    simulator: str | None  # the primary scorer's model
+    score: float | None  # the primary scorer's primary metric (badge and order)
+    flags: list[str]  # the primary scorer's flags
+    scores: list[ScoreView]  # every scorer's, the primary scorer first
     excerpts: list[ExcerptView]
 
 
@@ -65,19 +86,49 @@ class UnitDetail(BaseModel):
     record_excerpts: list[ExcerptView]  # top excerpts, when none was simulated
 
 
+class ScorerInfo(BaseModel):
+    """One scorer of the run: its models, metric names and how many explanations it scored."""
+
+    name: str
+    models: list[str]
+    metrics: list[str]
+    primary_metric: str
+    n_scored: int
+
+
 class ReportMeta(BaseModel):
     run: str
     n_units: int
     n_explanations: int
-    n_scored: int
-    mean_score: float | None
+    n_scored: int  # by the primary scorer
+    mean_score: float | None  # of the primary scorer's primary metric
+    primary_scorer: str | None
+    primary_metric: str | None
     explainers: list[str]
-    simulators: list[str]
+    simulators: list[str]  # the primary scorer's models
+    scorers: list[ScorerInfo]  # every scorer, the primary one first
 
 
 def _finite(v: float | None) -> float | None:
     # JSON has no NaN/Infinity; a true activation the schema did not check could be one.
     return v if v is not None and math.isfinite(v) else None
+
+
+def _headline(s: Score | None) -> float | None:
+    return None if s is None else s.metrics.get(s.primary_metric)
+
+
+def _score_view(s: Score) -> ScoreView:
+    return ScoreView(
+        scorer=s.scorer,
+        model=s.scorer_model,
+        metrics=dict(s.metrics),
+        primary_metric=s.primary_metric,
+        interval=s.interval,
+        n_excerpts=s.n_excerpts,
+        n_tokens=s.n_tokens,
+        flags=list(s.flags),
+    )
 
 
 def _excerpt_order(s: SequenceSimulation) -> tuple[int, int, str]:
@@ -92,7 +143,14 @@ class ReportData:
         self.run = run
         self.max_record_excerpts = max_record_excerpts
         self.records = run.records_by_unit()
-        self.scores: dict[str, Score] = {s.explanation_id: s for s in run.latest_scores()}
+        self.primary = default_scorer(run)
+        # The scorers in display order (the primary first); per scorer, explanation -> score.
+        self.scorer_names = sorted(run.scorers(), key=lambda name: name != self.primary)
+        self.by_scorer: dict[str, dict[str, Score]] = {
+            name: {s.explanation_id: s for s in run.latest_scores(name)}
+            for name in self.scorer_names
+        }
+        self.scores: dict[str, Score] = self.by_scorer.get(self.primary or "", {})
         self.sims = run.simulations_by_explanation()
         self.by_unit: dict[str, list[Explanation]] = defaultdict(list)
         for e in run.explanations_by_id().values():
@@ -116,24 +174,39 @@ class ReportData:
     def _ranked(self, unit_id: str) -> list[tuple[Explanation, Score | None]]:
         """The unit's explanations, best score first, unscored last."""
         pairs = [(e, self.scores.get(e.explanation_id)) for e in self.by_unit.get(unit_id, [])]
-        return sorted(pairs, key=lambda p: (p[1] is None, -(p[1].score if p[1] else 0.0)))
+        return sorted(pairs, key=lambda p: (_headline(p[1]) is None, -(_headline(p[1]) or 0.0)))
 
     def meta(self) -> ReportMeta:
-        scored = [s.score for s in self.scores.values()]
+        scored = [v for s in self.scores.values() if (v := _headline(s)) is not None]
+        infos = []
+        for name in self.scorer_names:
+            scores = list(self.by_scorer[name].values())
+            infos.append(
+                ScorerInfo(
+                    name=name,
+                    models=sorted({s.scorer_model for s in scores if s.scorer_model}),
+                    metrics=list(dict.fromkeys(m for s in scores for m in s.metrics)),
+                    primary_metric=scores[0].primary_metric,
+                    n_scored=len(scores),
+                )
+            )
         return ReportMeta(
             run=self.run.name,
             n_units=len(self.unit_ids),
             n_explanations=sum(len(v) for v in self.by_unit.values()),
             n_scored=len(scored),
             mean_score=sum(scored) / len(scored) if scored else None,
+            primary_scorer=self.primary,
+            primary_metric=infos[0].primary_metric if infos else None,
             explainers=sorted({e.explainer for v in self.by_unit.values() for e in v}),
-            simulators=sorted({s.simulator for s in self.scores.values()}),
+            simulators=infos[0].models if infos else [],
+            scorers=infos,
         )
 
     def summary(self, unit_id: str) -> UnitSummary:
         model, layer, index = self._ids(unit_id)
         ranked = self._ranked(unit_id)
-        scored = [s.score for _, s in ranked if s is not None]
+        scored = [v for _, s in ranked if (v := _headline(s)) is not None]
         return UnitSummary(
             unit_id=unit_id,
             model=model,
@@ -176,14 +249,14 @@ class ReportData:
                     explanation_id=e.explanation_id,
                     text=e.text,
                     explainer=e.explainer,
-                    simulator=s.simulator if s else None,
-                    score=s.score if s else None,
-                    top_score=s.top_score if s else None,
-                    random_score=s.random_score if s else None,
-                    ci_low=s.ci_low if s else None,
-                    ci_high=s.ci_high if s else None,
-                    r2=s.r2 if s else None,
+                    simulator=s.scorer_model if s else None,
+                    score=_headline(s),
                     flags=list(s.flags) if s else [],
+                    scores=[
+                        _score_view(x)
+                        for name in self.scorer_names
+                        if (x := self.by_scorer[name].get(e.explanation_id)) is not None
+                    ],
                     excerpts=excerpts,
                 )
             )

@@ -50,6 +50,10 @@ details.explanation summary{cursor:pointer;font-size:14px}
 .score-badge{display:inline-block;min-width:52px;text-align:center;font-weight:600;
    border-radius:4px;padding:1px 6px;margin-right:8px;background:#eef1f7;font-variant-numeric:tabular-nums}
 .explanation-text{white-space:pre-wrap}
+.score-line{font-size:12px;color:#556;margin:2px 0}
+.score-line span{margin-right:10px}
+.scorer-name{font-weight:600;color:#1d2230}
+.metric.primary{font-weight:600}
 .excerpt{margin:8px 0 10px;padding-left:8px;border-left:3px solid #e3e6ee}
 .excerpt-head{font-size:11px;color:#778;margin-bottom:2px}
 .tok-row{display:flex;align-items:flex-start;gap:6px;margin:1px 0}
@@ -135,6 +139,8 @@ APP_JS = r"""
     for (const [key, label] of COLUMNS) {
       const th = el("th", null, label);
       th.dataset.key = key;
+      if (key.endsWith("_score") && state.meta && state.meta.primary_scorer)
+        th.title = label + " " + state.meta.primary_scorer + " " + state.meta.primary_metric + " of the unit's explanations";
       if (key === state.sortKey) th.setAttribute("aria-sort", state.sortDir > 0 ? "ascending" : "descending");
       th.addEventListener("click", () => {
         if (state.sortKey === key) state.sortDir = -state.sortDir;
@@ -191,6 +197,25 @@ APP_JS = r"""
     if (ex.simulated) box.append(tokenRow("simulated", "sim-row", ex.tokens, ex.simulated, u.scale_max, SIM_RGB, " / " + u.scale_max));
     return box;
   }
+  function scoreLine(sc) {
+    // One scorer's metrics, whatever their names: a new scorer needs no edit here.
+    const p = el("p", "score-line");
+    p.dataset.scorer = sc.scorer;
+    p.append(el("span", "scorer-name", sc.scorer + (sc.model ? " (" + sc.model + ")" : "")));
+    for (const [name, v] of Object.entries(sc.metrics)) {
+      const m = el("span", "metric" + (name === sc.primary_metric ? " primary" : ""), name + " " + fmt(v));
+      m.dataset.metric = name;
+      m.dataset.value = v === null || v === undefined ? "" : String(v);
+      p.append(m);
+    }
+    if (sc.interval) {
+      const iv = sc.interval;
+      p.append(el("span", "metric interval", Math.round(100 * iv.level) + "% CI of " + iv.metric +
+        " [" + fmt(iv.low) + ", " + fmt(iv.high) + "]"));
+    }
+    if (sc.flags.length) p.append(el("span", "metric flags", "flags: " + sc.flags.join(", ")));
+    return p;
+  }
   async function showUnit(id) {
     state.selected = id;
     for (const tr of document.querySelectorAll("tr.unit-row")) tr.classList.toggle("selected", tr.dataset.unitId === id);
@@ -215,9 +240,8 @@ APP_JS = r"""
       const sum = el("summary");
       sum.append(el("span", "score-badge", fmt(x.score)), el("span", "explanation-text", x.text));
       det.append(sum);
-      det.append(el("p", "muted", x.explainer + " \u00b7 simulated by " + (x.simulator ?? "?") + " \u00b7 top " + fmt(x.top_score) +
-        " \u00b7 random " + fmt(x.random_score) + " \u00b7 95% CI [" + fmt(x.ci_low) + ", " + fmt(x.ci_high) + "]" +
-        (x.flags.length ? " \u00b7 flags: " + x.flags.join(", ") : "")));
+      det.append(el("p", "muted", "explained by " + x.explainer + (x.scores.length ? "" : " \u00b7 not scored")));
+      for (const sc of x.scores) det.append(scoreLine(sc));
       for (const ex of x.excerpts) det.append(excerptView(ex, u));
       panel.append(det);
     });
@@ -242,9 +266,10 @@ APP_JS = r"""
     state.meta = data.meta;
     const m = data.meta;
     document.getElementById("run-name").textContent = "neuroscribe \u00b7 " + m.run;
+    const scorers = m.scorers.map((s) => s.name + (s.models.length ? " (" + s.models.join(", ") + ")" : ""));
     document.getElementById("run-meta").textContent = m.n_units + " units \u00b7 " + m.n_explanations + " explanations (" +
-      m.n_scored + " scored, mean score " + fmt(m.mean_score) + ") \u00b7 explainer " + (m.explainers.join(", ") || "?") +
-      " \u00b7 simulator " + (m.simulators.join(", ") || "?");
+      m.n_scored + " scored, mean " + (m.primary_metric ?? "score") + " " + fmt(m.mean_score) + ") \u00b7 explainer " +
+      (m.explainers.join(", ") || "?") + " \u00b7 scored by " + (scorers.join(", ") || "?");
     document.getElementById("filter").addEventListener("input", (e) => { state.q = e.target.value; renderRows(); });
     document.getElementById("min-score").addEventListener("input", (e) => {
       const v = parseFloat(e.target.value); state.minScore = Number.isFinite(v) ? v : null; renderRows();

@@ -1,0 +1,300 @@
+"""The library facade: `run(config)` and one function per stage.
+
+It owns what every caller would otherwise repeat: building models from specs (with the
+job's cache, rate limits and prices), the preflight check of API models, closing them,
+recording the embedded model when a run has none, the summary after each stage and the
+budget stop. The CLI (and the HTTP service) map their inputs to a `RunConfig` and call
+these. Every stage function has an async form (`*_async`), callable from a running event
+loop, and a plain one that runs its own loop.
+
+    from neuroscribe import api
+    from neuroscribe.config import RunConfig
+
+    summaries = api.run(RunConfig(run_dir="myrun"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from neuroscribe.config import RunConfig
+from neuroscribe.engine import JobSummary, StageEstimate, estimate_plan, run_stage
+from neuroscribe.errors import BudgetExceeded, ConfigError, DataError
+from neuroscribe.estimate import total_cost  # noqa: F401  (re-exported for callers)
+from neuroscribe.explainer.registry import explainer_factory
+from neuroscribe.rundir import RunDir
+from neuroscribe.schema import NeuronRecord
+from neuroscribe.scorer.registry import scorer_factory
+from neuroscribe.scorer.simulation import TYPICAL_EXPLANATION
+from neuroscribe.stages.explain import ExplainStage
+from neuroscribe.stages.score import RescoreStage, ScoreStage
+
+
+@dataclass
+class Hooks:
+    """How a caller hears about progress: a message line, a finished stage."""
+
+    message: Callable[[str], None] = lambda _msg: None
+    stage: Callable[[JobSummary], None] = lambda _summary: None
+
+
+# ---------------------------------------------------------------- models
+
+
+def make_model(spec: str, config: RunConfig, timeout: float) -> Any:
+    """The backend for `spec` with this job's endpoint, limits, prices and cache.
+
+    The layers (cache, rate limits, usage and prices) wrap every backend alike; only
+    API backends take the endpoint, the timeout and the connection count.
+    """
+    from neuroscribe.llm import make_llm
+    from neuroscribe.llm.pricing import load_prices
+    from neuroscribe.llm.registry import backend_info
+
+    jobs = config.jobs
+    layers: dict[str, Any] = {
+        "rpm": jobs.rpm,
+        "tpm": jobs.tpm,
+        "prices": load_prices(jobs.prices),
+        "cache": RunDir(config.run_dir).cache_path if jobs.cache else None,
+    }
+    if backend_info(spec).local:
+        return make_llm(spec, **layers)
+    key = config.endpoint.api_key
+    return make_llm(
+        spec,
+        base_url=config.endpoint.base_url,
+        api_key=key.get_secret_value() if key is not None else None,
+        timeout_s=timeout,
+        concurrency=jobs.concurrency,
+        **layers,
+    )
+
+
+@asynccontextmanager
+async def open_model(spec: str, config: RunConfig, timeout: float) -> AsyncIterator[Any]:
+    """Build, preflight (unreachable server, 401, unknown model: one clear error), close."""
+    from neuroscribe.llm import preflight
+
+    llm = make_model(spec, config, timeout)
+    try:
+        await preflight(llm)
+        yield llm
+    finally:
+        await llm.aclose()
+
+
+def check_prices(config: RunConfig, specs: Sequence[str]) -> None:
+    """A budget needs every API model's price: refuse before anything is sent."""
+    from neuroscribe.llm.pricing import load_prices, price_for
+    from neuroscribe.llm.registry import backend_info
+
+    if config.jobs.max_cost is None:
+        return
+    table = load_prices(config.jobs.prices)
+    for spec in specs:
+        if backend_info(spec).needs_pricing and price_for(spec, table) is None:
+            raise ConfigError(
+                f"--max-cost needs the price of model {spec!r}, which is not in the price "
+                'table: give one with --prices FILE (JSON: {"' + spec + '": {"input": USD '
+                'per 1M tokens, "output": USD per 1M tokens}})'
+            )
+
+
+# ---------------------------------------------------------------- units
+
+
+def select_units(
+    records: Sequence[NeuronRecord], patterns: Sequence[str] | None, max_units: int | None
+) -> list[NeuronRecord]:
+    """Units whose id matches any pattern (exact ids or globs like `model/3/*`)."""
+    chosen = list(records)
+    if patterns:
+        chosen = [r for r in chosen if any(fnmatch.fnmatchcase(r.unit_id, p) for p in patterns)]
+        if not chosen:
+            raise DataError(f"no unit matches {', '.join(patterns)}")
+    if max_units is not None:
+        chosen = chosen[:max_units]
+    return chosen
+
+
+def load_units(config: RunConfig) -> list[NeuronRecord]:
+    records = RunDir(config.run_dir).records()
+    return select_units(records, config.units.patterns, config.units.max_units)
+
+
+def record_if_missing(config: RunConfig, hooks: Hooks | None = None) -> bool:
+    """Record the embedded model over the built-in corpus when the run has no records."""
+    run = RunDir(config.run_dir)
+    if run.has_records():
+        return False
+    from neuroscribe.datasets.record import record_run
+
+    hooks = hooks or Hooks()
+    rec = config.record
+    hooks.message(
+        f"{run.root} has no records: recording {rec.units} MLP neurons of layers "
+        f"{rec.layers} of the embedded SmolLM2 over {rec.tokens} tokens of the built-in corpus"
+    )
+    summary = record_run(run.root, layers=rec.layers, max_units=rec.units, max_tokens=rec.tokens)
+    hooks.message(
+        f"recorded {summary.n_units} units over {summary.n_tokens} tokens "
+        f"in {summary.stream_seconds + summary.finalize_seconds:.0f} s"
+    )
+    return True
+
+
+# ---------------------------------------------------------------- stages
+
+
+def explain_stage(config: RunConfig, records: Sequence[NeuronRecord], llm: Any) -> ExplainStage:
+    cls = explainer_factory(config.explain.explainer)
+    if llm is None:
+        explainer = cls(None, config.explain.settings, spec=config.explain.model)
+    else:
+        explainer = cls(llm, config.explain.settings)
+    return ExplainStage(explainer, records, config.splits)
+
+
+def _finish(run: RunDir, summary: JobSummary, config: RunConfig, hooks: Hooks) -> JobSummary:
+    run.write_summary({summary.stage: summary.as_dict()})
+    hooks.stage(summary)
+    if summary.stopped_for_budget:
+        raise BudgetExceeded(
+            f"budget reached: stopped {summary.stage} with {summary.remaining} units left "
+            f"(--max-cost ${config.jobs.max_cost:.4f}); the work done is saved. Rerun with a "
+            "higher --max-cost to continue"
+        )
+    return summary
+
+
+async def _run(stage: Any, config: RunConfig) -> JobSummary:
+    return await run_stage(
+        stage,
+        RunDir(config.run_dir),
+        concurrency=config.jobs.concurrency,
+        retry_failed=config.jobs.retry_failed,
+        max_cost=config.jobs.max_cost,
+        show_progress=config.jobs.show_progress,
+    )
+
+
+async def explain_async(
+    config: RunConfig, records: Sequence[NeuronRecord] | None = None, hooks: Hooks | None = None
+) -> JobSummary:
+    """Explain every selected unit (explanations.jsonl)."""
+    hooks = hooks or Hooks()
+    check_prices(config, [config.explain.model])
+    records = load_units(config) if records is None else records
+    async with open_model(config.explain.model, config, config.explain.timeout) as llm:
+        summary = await _run(explain_stage(config, records, llm), config)
+    return _finish(RunDir(config.run_dir), summary, config, hooks)
+
+
+async def score_async(
+    config: RunConfig, records: Sequence[NeuronRecord] | None = None, hooks: Hooks | None = None
+) -> JobSummary:
+    """Score every explanation of the selected units with the configured scorer."""
+    hooks = hooks or Hooks()
+    sec = config.score
+    check_prices(config, [sec.model])
+    records = load_units(config) if records is None else records
+    cls = scorer_factory(sec.scorer)
+    async with open_model(sec.model, config, sec.timeout) as llm:
+        scorer = await cls.build(llm, strategy=sec.strategy, n_examples=sec.n_examples)
+        summary = await _run(ScoreStage(scorer, records, config.splits), config)
+    summary.details = {
+        k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)
+    }
+    return _finish(RunDir(config.run_dir), summary, config, hooks)
+
+
+async def rescore_async(
+    config: RunConfig, sim_config_hash: str | None = None, hooks: Hooks | None = None
+) -> JobSummary:
+    """Correlation scores for stored simulations without one (no model involved)."""
+    summary = await _run(RescoreStage(sim_config_hash=sim_config_hash), config)
+    return _finish(RunDir(config.run_dir), summary, config, hooks or Hooks())
+
+
+async def run_async(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:
+    """Record if missing, explain, then score: the whole job, resumable at any point."""
+    hooks = hooks or Hooks()
+    check_prices(config, [config.explain.model, config.score.model])
+    record_if_missing(config, hooks)
+    records = load_units(config)
+    explained = await explain_async(config, records, hooks)
+    scored = await score_async(config, records, hooks)
+    return [explained, scored]
+
+
+def run(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:
+    return asyncio.run(run_async(config, hooks))
+
+
+def explain(config: RunConfig, hooks: Hooks | None = None) -> JobSummary:
+    return asyncio.run(explain_async(config, hooks=hooks))
+
+
+def score(config: RunConfig, hooks: Hooks | None = None) -> JobSummary:
+    return asyncio.run(score_async(config, hooks=hooks))
+
+
+def rescore(config: RunConfig, hooks: Hooks | None = None) -> JobSummary:
+    return asyncio.run(rescore_async(config, hooks=hooks))
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def estimate(
+    config: RunConfig, stages: Sequence[str] = ("explain", "score")
+) -> list[StageEstimate]:
+    """What the stages would send (requests, tokens, cost), planned exactly as a real run
+    plans them and counted with the models' tokenizers; nothing is sent or written."""
+    from neuroscribe.llm.pricing import load_prices
+
+    run = RunDir(config.run_dir)
+    records = load_units(config)
+    retry = config.jobs.retry_failed
+    prices = load_prices(config.jobs.prices)
+    out: list[StageEstimate] = []
+    planned: list[Any] = []
+    if "explain" in stages:
+        stage = explain_stage(config, records, None)
+        plan = stage.plan(run, retry_failed=retry)
+        est = estimate_plan(stage, plan)
+        est.tokenizer = stage.explainer._counter.name if stage.explainer._counter else ""
+        est.notes.append(
+            f"completion tokens are the upper bound max_tokens="
+            f"{config.explain.settings.max_tokens} per sample"
+        )
+        out.append(est)
+        planned = stage.planned_explanations(plan, TYPICAL_EXPLANATION)
+    if "score" in stages:
+        sec = config.score
+        manifest = run.manifest()
+        probe = manifest.probes.get(sec.model) if manifest else None
+        scorer, note = scorer_factory(sec.scorer).planned(
+            sec.model, strategy=sec.strategy, n_examples=sec.n_examples, probe=probe
+        )
+        stage = ScoreStage(scorer, records, config.splits, extra_explanations=planned)
+        est = estimate_plan(stage, stage.plan(run, retry_failed=retry))
+        counter = getattr(scorer, "_counter", None)
+        est.tokenizer = f"{counter.name if counter else ''}, {getattr(scorer, 'strategy', '')}"
+        if note:
+            est.notes.append(note)
+        if planned:
+            est.notes.append(
+                "explanations not written yet are counted at a typical length "
+                f"({TYPICAL_EXPLANATION!r})"
+            )
+        out.append(est)
+    for est in out:
+        est.price(prices)
+    return out

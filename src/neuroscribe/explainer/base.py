@@ -1,0 +1,48 @@
+"""The `Explainer` interface: a unit and its train excerpts in, explanation outcomes out.
+
+An explainer is one module plus a line in `registry.py`. The explain stage asks it
+for the samples a unit still lacks and writes what comes back: texts as explanations,
+failed samples (with the raw answer) to failures.jsonl — a non-answer is never stored
+as an explanation. Best-of-k or revision explainers implement the same interface and
+may hold a scorer of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from neuroscribe.schema import NeuronRecord, Usage
+from neuroscribe.splits import Excerpt
+from neuroscribe.stages.base import Estimate
+
+
+@dataclass
+class ExplainTask:
+    record: NeuronRecord
+    train: list[Excerpt]
+    samples: list[int]  # which sample indices are wanted (those not written yet)
+
+
+@dataclass
+class ExplainOutcome:
+    texts: list[tuple[int, str, str]] = field(default_factory=list)  # (sample, text, raw)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (sample, raw)
+    usage: Usage = field(default_factory=Usage)
+    prompt_version: str = ""
+    attempts: int = 1
+
+
+class Explainer(Protocol):
+    name: str  # registry name ("token-rows")
+    model: str  # the explainer model spec
+    prompt_version: str  # the prompt builder's version: part of the config hash
+    n_samples: int  # explanations wanted per unit
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes its explanations; hashed into the explain key space."""
+        ...
+
+    async def explain(self, task: ExplainTask) -> ExplainOutcome: ...
+
+    def estimate(self, task: ExplainTask) -> Estimate: ...

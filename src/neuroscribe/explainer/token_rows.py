@@ -1,0 +1,142 @@
+"""The token-row explainer: the reference's prompt (`token<TAB>value` rows between
+`<start>`/`<end>`, three few-shot neurons), sampled n times, answers cleaned."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from neuroscribe.errors import OutputError
+from neuroscribe.explainer.base import ExplainOutcome, ExplainTask
+from neuroscribe.explainer.clean import clean_explanation, is_copied_example
+from neuroscribe.llm import discard_cached
+from neuroscribe.llm.base import LLM
+from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, build_explain_prompt
+from neuroscribe.splits import Excerpt
+from neuroscribe.stages.base import Estimate
+
+
+class ExplainerConfig(BaseModel):
+    n_samples: int = 1
+    temperature: float = 1.0
+    max_tokens: int = 60
+    max_attempts: int = 3
+    endpoint: Literal["chat", "completions"] = "chat"
+    max_prompt_tokens: int | None = None
+    n_examples: int = 3
+
+
+async def explain_excerpts(
+    llm: LLM,
+    train: list[Excerpt],
+    config: ExplainerConfig,
+    samples: list[int] | None = None,
+) -> ExplainOutcome:
+    """Sample `n_samples` explanations; unusable answers are asked again, then reported.
+
+    An answer that is empty, unparseable or a copy of a few-shot example's explanation
+    after `max_attempts` rounds is returned in `failed` with its raw text, never as an
+    explanation.
+    """
+    if not train:
+        raise OutputError("no train excerpts to explain")
+    prompt = build_explain_prompt(
+        [(e.record.tokens, e.record.activations) for e in train],
+        max_prompt_tokens=config.max_prompt_tokens,
+        n_examples=config.n_examples,
+    )
+    outcome = ExplainOutcome(prompt_version=prompt.prompt_version, attempts=config.max_attempts)
+    missing = list(range(config.n_samples)) if samples is None else list(samples)
+    last_raw: dict[int, str] = {}
+    for _ in range(config.max_attempts):
+        if not missing:
+            break
+        if config.endpoint == "chat":
+            resp = await llm.chat(
+                prompt.messages,
+                n=len(missing),
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
+            )
+        else:
+            resp = await llm.complete(
+                prompt.text,
+                n=len(missing),
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
+                stop=["\n"],
+            )
+        outcome.usage = outcome.usage.add(resp.usage)
+        still: list[int] = []
+        answers = [c.text for c in resp.choices]
+        for i, sample in enumerate(missing):
+            raw = answers[i] if i < len(answers) else ""
+            text = clean_explanation(raw)
+            if text is None or is_copied_example(text):
+                last_raw[sample] = raw
+                still.append(sample)
+            else:
+                outcome.texts.append((sample, text, raw))
+        if still:
+            # Else the retry is answered from the response cache with the same answer.
+            discard_cached(llm, resp)
+        missing = still
+    outcome.failed = [(s, last_raw.get(s, "")) for s in missing]
+    outcome.texts.sort()
+    return outcome
+
+
+class TokenRowExplainer:
+    """Today's explainer behind the `Explainer` interface."""
+
+    name = "token-rows"
+    prompt_version = EXPLAIN_PROMPT_VERSION
+
+    def __init__(
+        self, llm: LLM | None, config: ExplainerConfig | None = None, *, spec: str | None = None
+    ) -> None:
+        # llm=None (with spec) builds an explainer for planning only: dry runs need its
+        # config and estimates, never a model.
+        self.llm = llm
+        self.model = llm.spec if llm is not None else (spec or "")
+        self.settings = config or ExplainerConfig()
+        self._counter: Any = None
+
+    @property
+    def n_samples(self) -> int:
+        return self.settings.n_samples
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "explainer": self.model,
+            "method": self.name,
+            "settings": self.settings.model_dump(),
+            "prompt_version": self.prompt_version,
+        }
+
+    async def explain(self, task: ExplainTask) -> ExplainOutcome:
+        if self.llm is None:
+            raise OutputError("this explainer was built for planning only (no model)")
+        return await explain_excerpts(self.llm, task.train, self.settings, task.samples)
+
+    def estimate(self, task: ExplainTask) -> Estimate:
+        from neuroscribe.estimate import token_counter
+
+        if self._counter is None:
+            self._counter = token_counter(self.model)
+        prompt = build_explain_prompt(
+            [(e.record.tokens, e.record.activations) for e in task.train],
+            max_prompt_tokens=self.settings.max_prompt_tokens,
+            n_examples=self.settings.n_examples,
+        )
+        # One request asks for all missing samples at once (n=...); the completion is
+        # bounded by max_tokens per sample.
+        return Estimate(
+            1,
+            self._counter.chat(prompt.messages),
+            len(task.samples) * self.settings.max_tokens,
+        )
+
+
+__all__ = ["ANSWER_PREFIX", "ExplainerConfig", "TokenRowExplainer", "explain_excerpts"]

@@ -1,0 +1,228 @@
+"""`OpenAIClient`: the `LLM` backend for OpenAI, vLLM, llama.cpp, Ollama, any `/v1` server.
+
+It builds request bodies, sends them through its `Wire` (HTTP, retries, errors, key)
+and maps the answers (`mapping`); echo answers are read with the alignment its probe
+found, so `Completion.prompt_tokens[i].top_logprobs` is always the distribution *for*
+token i. Cache, rate limits and pricing are layers `make_llm` adds around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from neuroscribe.errors import ConfigError, LLMError
+from neuroscribe.llm.base import Completion, LLMResponse
+from neuroscribe.llm.capabilities import Capabilities
+from neuroscribe.llm.limits import RetryPolicy
+from neuroscribe.llm.messages import Message, to_wire
+from neuroscribe.llm.openai._wire import Wire
+from neuroscribe.llm.openai.mapping import map_chat_choices, map_completion_choices
+from neuroscribe.llm.openai.probe import ProbeCache, chat_limit_name, run_probe
+from neuroscribe.schema import Usage
+
+
+class OpenAIClient:
+    """A model behind an OpenAI-compatible HTTP API (the bare backend, no layers).
+
+    Args:
+        model: the model name sent in every request (also the spec).
+        base_url, api_key, timeout_s, concurrency, max_attempts, retry, transport,
+            extra_body: see `Wire`.
+        echo_shift: 0 or 1 to fix the echo alignment; None = take it from the probe
+            (run lazily on the first echo request).
+        probe: a stored `probe()` result (e.g. from the run manifest) to reuse.
+        probes: a `ProbeCache` shared with other clients (default: this client's own).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        max_attempts: int = 6,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        echo_shift: int | None = None,
+        probe: dict[str, Any] | None = None,
+        probes: ProbeCache | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ):
+        if not model:
+            raise ConfigError("a model name is required")
+        if echo_shift not in (None, 0, 1):
+            raise ConfigError(f"echo_shift must be 0 or 1, not {echo_shift!r}")
+        self.model = model
+        self.spec = model
+        self.wire = Wire(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            retry=retry,
+            transport=transport,
+            extra_body=extra_body,
+        )
+        self._echo_shift = echo_shift
+        self.probes = probes if probes is not None else ProbeCache()
+        if probe is not None:
+            self.probes.setdefault(self.base_url, self.model, dict(probe))
+        self._probe_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self.wire.base_url
+
+    @property
+    def limits(self) -> Any:
+        """The wire's `CallLimits` (attempt and retry counters)."""
+        return self.wire.limits
+
+    @property
+    def timeout_s(self) -> float:
+        return self.wire.timeout_s
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()
+
+    # ------------------------------------------------------------------ LLM protocol
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 60,
+        top_logprobs: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        stop: list[str] | None = None,
+    ) -> LLMResponse:
+        """POST /chat/completions; `top_logprobs=k` also asks for generated-token logprobs."""
+        body: dict[str, Any] = {"messages": to_wire(messages), "n": n, "temperature": temperature}
+        body[chat_limit_name(self.model)] = max(1, max_tokens)
+        if top_logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = top_logprobs
+        if response_format is not None:
+            body["response_format"] = response_format
+        if stop:
+            body["stop"] = stop
+        data, choices = await self.wire.request("/chat/completions", body, map_chat_choices)
+        return LLMResponse(choices=choices, usage=_usage(data), raw=data)
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 60,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stop: list[str] | None = None,
+    ) -> LLMResponse:
+        """POST /completions. With `echo` and `logprobs`, `prompt_tokens` holds the prompt's
+        own tokens with their (alignment-corrected) top logprobs.
+
+        `max_tokens=0` is sent as 1 (llama.cpp reads 0 as "until the context is full")
+        and the generated token is then dropped from the answer.
+        """
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max(1, max_tokens),
+        }
+        if logprobs is not None:
+            body["logprobs"] = logprobs
+        if echo:
+            body["echo"] = True
+        if stop:
+            body["stop"] = stop
+        shift = await self.echo_shift() if echo and logprobs is not None else 0
+
+        def mapper(data: dict[str, Any]) -> list[Completion]:
+            return map_completion_choices(
+                data, prompt=prompt, echo=echo, shift=shift, drop_generated=max_tokens <= 0
+            )
+
+        data, choices = await self.wire.request("/completions", body, mapper)
+        return LLMResponse(choices=choices, usage=_usage(data), raw=data)
+
+    async def capabilities(self) -> Capabilities:
+        """From the probe (run once per endpoint + model in `self.probes`)."""
+        caps = Capabilities.from_probe(await self.probe())
+        if self._echo_shift is not None:
+            caps = caps.model_copy(update={"echo_shift": self._echo_shift})
+        return caps
+
+    # ------------------------------------------------------------------ probing
+    @property
+    def probe_result(self) -> dict[str, Any] | None:
+        """The probe result for this base URL + model (a JSON-able dict), if any yet."""
+        return self.probes.get(self.base_url, self.model)
+
+    async def echo_shift(self) -> int:
+        """The echo alignment shift: the constructor's, the stored probe's, or probe now."""
+        if self._echo_shift is not None:
+            return self._echo_shift
+        shift = (await self.probe()).get("echo_shift")
+        return int(shift) if shift in (0, 1) else 0
+
+    async def check_model(self, *, require_reachable: bool = False) -> list[str] | None:
+        """Raise LLMError if the server lists its models and ours is not among them.
+
+        Needed because llama.cpp's server silently answers any model name with its
+        default model. Returns the served model ids (None if the server cannot list them).
+        With `require_reachable`, a server that cannot be reached at all is an error too
+        (the CLI's check before a job, so a typo in --base-url fails at once).
+        """
+        ids = await self.wire.list_models(require_reachable=require_reachable)
+        if ids and self.model not in ids:
+            shown = ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
+            raise LLMError(
+                f"model {self.model!r} is not served at {self.base_url} (it serves: {shown})",
+                status=404,
+            )
+        return ids
+
+    async def preflight(self) -> None:
+        """Fail before any work on an unreachable server, a 401 or an unserved model."""
+        await self.check_model(require_reachable=True)
+
+    async def probe(self, *, refresh: bool = False) -> dict[str, Any]:
+        """What this endpoint + model supports (see `probe.run_probe` for the keys)."""
+        loop = asyncio.get_running_loop()
+        if self._probe_lock is None or self._probe_lock[0] is not loop:
+            self._probe_lock = (loop, asyncio.Lock())
+        async with self._probe_lock[1]:
+            known = self.probes.get(self.base_url, self.model)
+            if known is not None and not refresh:
+                return known
+            result = await run_probe(self.wire, self.check_model)
+            self.probes.put(self.base_url, self.model, result)
+            return result
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    """Tokens of one answer (priced by the `UsageLLM` layer, not here)."""
+    u = data.get("usage") or {}
+    return Usage(
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        completion_tokens=int(u.get("completion_tokens") or 0),
+        requests=1,
+    )
+
+
+__all__ = ["OpenAIClient"]

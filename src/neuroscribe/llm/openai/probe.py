@@ -1,0 +1,272 @@
+"""What an OpenAI-compatible endpoint + model supports, found by asking it once.
+
+llama.cpp's server, for models without a BOS token (SmolLM2), returns in an echo answer
+`top_logprobs[i]` = the distribution that predicts token i+1 (measured). The probe sends
+a sentence repeated three times — whose later tokens are near-certain — and checks
+whether the top entry at position i is token i (shift 0, OpenAI semantics) or token i+1
+(shift 1); the client then maps raw entry i-shift to token i. It also finds out whether
+"10" is one token, whether chat answers carry top logprobs, and which JSON modes work.
+
+Results are kept in a `ProbeCache` keyed by (base_url, model): each client has its
+own unless several share one explicitly, and a stored result (from a run manifest) can
+be put in so nothing is asked again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+from neuroscribe.errors import LLMError
+from neuroscribe.llm.openai.mapping import map_chat_choices
+
+if TYPE_CHECKING:
+    from neuroscribe.llm.openai._wire import Wire
+
+PROBE_VERSION = 1
+
+# The probe's echo prompt: after the first copy the model can predict every token, so the
+# argmax of the correctly aligned distribution is the token itself. " 10" at the end
+# shows whether the tokenizer has a single token for "10".
+PROBE_SENTENCE = "Apples and pears."
+PROBE_PROMPT = " ".join([PROBE_SENTENCE] * 3) + " 10"
+
+
+class ProbeCache:
+    """Probe results per (base_url, model); share one between clients to probe once."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base_url: str, model: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._results.get((base_url, model))
+
+    def put(self, base_url: str, model: str, result: dict[str, Any]) -> None:
+        with self._lock:
+            self._results[(base_url, model)] = result
+
+    def setdefault(self, base_url: str, model: str, result: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._results.setdefault((base_url, model), result)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+
+def detect_echo_shift(
+    tokens: list[str], top_logprobs: list[dict[str, float] | None], text_offset: list[int]
+) -> int | None:
+    """Which alignment an echo answer uses, from a prompt that repeats one sentence.
+
+    In the later copies every token is predictable, so the argmax of the distribution
+    for token j is token j. Count positions where the argmax of raw entry i is token i
+    (shift 0) and where it is token i+1 (shift 1). Returns the clear winner, or None.
+    The token's own entry is ignored: llama.cpp adds it to each dict whatever its rank.
+    """
+    n = len(tokens)
+    start = n // 3  # skip the first copy, which the model cannot predict
+    votes = [0, 0]
+    for i in range(start, n - 1):
+        top = top_logprobs[i] if i < len(top_logprobs) else None
+        if not top:
+            continue
+        best = max(top.items(), key=lambda kv: kv[1])[0]
+        if best == tokens[i]:
+            votes[0] += 1
+        if best == tokens[i + 1]:
+            votes[1] += 1
+    if max(votes) < 3 or votes[0] == votes[1]:
+        return None
+    return 0 if votes[0] > votes[1] else 1
+
+
+def _raw_echo(data: dict[str, Any]) -> dict[str, Any]:
+    lp = data["choices"][0].get("logprobs") or {}
+    return {
+        "tokens": list(lp.get("tokens") or []),
+        "top_logprobs": list(lp.get("top_logprobs") or []),
+        "text_offset": list(lp.get("text_offset") or []),
+    }
+
+
+def chat_limit_name(model: str) -> str:
+    """Reasoning models take `max_completion_tokens` instead of `max_tokens` on chat."""
+    return (
+        "max_completion_tokens" if model.startswith(("o1", "o3", "o4", "gpt-5")) else "max_tokens"
+    )
+
+
+async def run_probe(wire: Wire, check_model: Any) -> dict[str, Any]:
+    """Probe the endpoint (uncached requests); never raises for a missing capability.
+
+    Keys: `base_url`, `model`, `probe_version`, `served_models`, `model_listed`,
+    `completions`, `echo_logprobs`, `echo_shift` (0, 1 or None), `echo_tokens`,
+    `ten_single_token`, `prompt_logprobs` (vLLM extension), `chat`, `chat_logprobs`,
+    `json_mode`, `json_valid`, `json_schema`, `errors` (capability → message). A 401 is
+    raised, since nothing can work without a key.
+    """
+    r: dict[str, Any] = {
+        "probe_version": PROBE_VERSION,
+        "base_url": wire.base_url,
+        "model": wire.model,
+        "served_models": None,
+        "model_listed": None,
+        "completions": False,
+        "echo_logprobs": False,
+        "echo_shift": None,
+        "echo_tokens": None,
+        "ten_single_token": None,
+        "prompt_logprobs": False,
+        "chat": False,
+        "chat_logprobs": False,
+        "json_mode": False,
+        "json_valid": False,
+        "json_schema": False,
+        "errors": {},
+    }
+    errors: dict[str, str] = r["errors"]
+    try:
+        ids = await check_model()
+        r["served_models"] = ids
+        r["model_listed"] = None if ids is None else True
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        r["model_listed"] = False
+        errors["model"] = str(exc)
+
+    # /completions with echo + logprobs: alignment and "10" tokenisation.
+    try:
+        _, raw = await wire.request(
+            "/completions",
+            {
+                "prompt": PROBE_PROMPT,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": 5,
+                "echo": True,
+            },
+            _raw_echo,
+        )
+        r["completions"] = True
+        tokens, tops = raw["tokens"], raw["top_logprobs"]
+        if tokens and any(t for t in tops if t):
+            r["echo_logprobs"] = True
+            r["echo_tokens"] = tokens
+            r["echo_shift"] = detect_echo_shift(tokens, tops, raw["text_offset"])
+            r["ten_single_token"] = any(t.strip() == "10" for t in tokens)
+            if r["echo_shift"] is None:
+                errors["echo_shift"] = "could not tell the echo alignment apart"
+        else:
+            errors["echo_logprobs"] = "echo answer carried no prompt logprobs"
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        errors["completions"] = str(exc)
+
+    if r["completions"]:  # vLLM's prompt_logprobs extension (ignored by others)
+        try:
+            _, choice = await wire.request(
+                "/completions",
+                {
+                    "prompt": PROBE_SENTENCE,
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                    "extra_body": {"prompt_logprobs": 1},
+                },
+                lambda data: data["choices"][0],
+            )
+            r["prompt_logprobs"] = bool(choice.get("prompt_logprobs"))
+        except LLMError as exc:
+            errors["prompt_logprobs"] = str(exc)
+
+    try:
+        _, choices = await wire.request(
+            "/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "Reply with the number 7."}],
+                chat_limit_name(wire.model): 3,
+                "temperature": 0.0,
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
+            map_chat_choices,
+        )
+        r["chat"] = True
+        r["chat_logprobs"] = bool(choices[0].tokens) and any(
+            t.top_logprobs for t in choices[0].tokens or []
+        )
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        errors["chat"] = str(exc)
+
+    if r["chat"]:
+        try:
+            _, choices = await wire.request(
+                "/chat/completions",
+                {
+                    "messages": [
+                        {"role": "user", "content": 'Answer with a JSON object like {"answer": 7}.'}
+                    ],
+                    "max_tokens": 24,
+                    "temperature": 0.0,
+                    "response_format": {"type": "json_object"},
+                },
+                map_chat_choices,
+            )
+            r["json_mode"] = True
+            try:
+                json.loads(choices[0].text)
+                r["json_valid"] = True
+            except ValueError:
+                r["json_valid"] = False
+        except LLMError as exc:
+            errors["json_mode"] = str(exc)
+        # OpenAI-style structured output; llama.cpp's server rejects this type and
+        # takes a schema inside {"type": "json_object", "schema": ...} instead.
+        try:
+            # One attempt, no retries: llama.cpp answers an unknown type with a 500.
+            await wire.send(
+                "/chat/completions",
+                {
+                    "messages": [{"role": "user", "content": "Give the number 7 as JSON."}],
+                    "max_tokens": 12,
+                    "temperature": 0.0,
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": "answer",
+                            "schema": {
+                                "type": "object",
+                                "properties": {"answer": {"type": "integer"}},
+                                "required": ["answer"],
+                            },
+                        },
+                    },
+                },
+            )
+            r["json_schema"] = True
+        except LLMError as exc:
+            r["json_schema"] = False
+            errors["json_schema"] = str(exc)[:300]
+    return r
+
+
+__all__ = [
+    "PROBE_PROMPT",
+    "PROBE_SENTENCE",
+    "PROBE_VERSION",
+    "ProbeCache",
+    "chat_limit_name",
+    "detect_echo_shift",
+    "run_probe",
+]

@@ -1,0 +1,37 @@
+"""Scorer names → factories. A new scorer is one module plus one line here.
+
+Factories are imported lazily (by dotted path), so `neuroscribe.scorer` stays light and
+free of import cycles: the simulation scorer pulls in the simulators and prompts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from neuroscribe.errors import ConfigError
+
+# name -> "module:Class": the class has `async build(llm, **options)` (a live scorer) and
+# `planned(spec, probe=..., **options) -> (scorer, note)` for dry runs (no model, no calls).
+SCORERS: dict[str, str] = {
+    "simulation": "neuroscribe.scorer.simulation:SimulationScorer",
+}
+
+
+def register_scorer(name: str, factory: str | Callable[..., Any]) -> None:
+    """Register a scorer factory under `name` (a callable, or a "module:attr" path)."""
+    SCORERS[name] = factory  # type: ignore[assignment]
+
+
+def scorer_factory(name: str) -> Callable[..., Any]:
+    if name not in SCORERS:
+        raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(sorted(SCORERS))}")
+    target: Any = SCORERS[name]
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
