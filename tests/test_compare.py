@@ -275,5 +275,5 @@ def test_cli_compares_a_new_scorer(two_runs, tmp_path):
     )
     assert df["mean_score"].tolist() == pytest.approx(expected.summary["mean_score"].tolist())
     assert "## Mean auc by layer (detection)" in md.read_text()
-    bad = run_cli("compare", str(ra), "--scorer", "detection", "--metric", "nope", check=False)
-    assert bad.returncode != 0
+    with pytest.raises(DataError):
+        compare_runs([load_run(ra)], scorer="detection", metric="nope")

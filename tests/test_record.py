@@ -69,7 +69,8 @@ def _match(tokens: list[str], acts: list[float], u: int, strings, windows, brute
     raise AssertionError(f"excerpt {''.join(tokens)[:60]!r} matches no brute-force excerpt")
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+# The llama family runs in the fast suite; the gpt2 one (a second architecture) in CI.
+@pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_records_match_brute_force(tmp_path, family, llama_dir, gpt2_dir):
     from transformers import AutoModelForCausalLM
 
@@ -132,6 +133,7 @@ def test_records_match_brute_force(tmp_path, family, llama_dir, gpt2_dir):
                     assert len(sample) == min(SMALL["per_quantile"], int((bins == q).sum()))
 
 
+@pytest.mark.slow  # several recordings: seconds each
 def test_manifest_and_determinism(tmp_path, llama_dir):
     a = record_run(tmp_path / "a", model=str(llama_dir), layers=[1], **SMALL)
     b = record_run(tmp_path / "b", model=str(llama_dir), layers=[1], **SMALL)
@@ -201,6 +203,7 @@ def test_interrupted_recording_resumes_to_the_same_records(tmp_path, llama_dir):
     assert not (run / CHECKPOINT_DIR).exists()
 
 
+@pytest.mark.slow  # two recordings
 def test_recompute_path_equals_kept_pool(tmp_path, llama_dir):
     """With no memory for the pool's activations they are recomputed: same records."""
     kept = record_run(tmp_path / "a", model=str(llama_dir), layers=[1], **SMALL)
@@ -234,6 +237,7 @@ def test_tokens_concatenate_to_the_text(tmp_path, llama_dir):
             assert any("".join(a.tokens) in d for d in docs)
 
 
+@pytest.mark.slow  # several recordings: seconds each
 def test_unit_selection_and_module_units(tmp_path, llama_dir):
     s = record_run(
         tmp_path / "a",
@@ -427,6 +431,7 @@ def test_smollm2_records_feed_the_explainer(tmp_path):
         assert r.most_positive_activation_records[0].tokens[0] in prompt.text
 
 
+@pytest.mark.slow  # several recordings: seconds each
 def test_cli_record_and_clear_errors(tmp_path, llama_dir):
     import subprocess
     import sys

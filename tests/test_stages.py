@@ -24,6 +24,7 @@ from neuroscribe.schema import ActivationRecord, NeuronRecord
 from neuroscribe.scorer.simulation import TYPICAL_EXPLANATION, SimulationScorer
 from neuroscribe.simulator.api import JsonSimulator
 from neuroscribe.splits import SplitConfig
+from neuroscribe.stages.base import WorkItem
 from neuroscribe.stages.explain import ExplainStage
 from neuroscribe.stages.score import RescoreStage, ScoreStage
 
@@ -228,6 +229,10 @@ def test_dry_run_request_count_equals_what_the_real_run_sends(tmp_path):
     est = estimate_stage(stage, run)
     # Unit 0 done, unit 1 failed, unit 2 lacks one sample, units 3 and 4 lack both.
     assert est.units == 3 and est.requests == 3
+    # Work items are plain data: a queue or a remote worker could carry them.
+    for item in stage.plan(run).items:
+        assert WorkItem.model_validate_json(item.model_dump_json()) == item
+    assert [i.samples for i in stage.plan(run).items] == [(1,), (0, 1), (0, 1)]
     go(stage, run)
     assert len(llm.calls) == est.requests
 

@@ -24,10 +24,34 @@ app = typer.Typer(
 )
 
 
+class _CommandConsole:
+    """A rich Console made for the invocation at hand.
+
+    Rich reads the terminal width (COLUMNS) when a Console is created; module-level
+    consoles would keep the width of whatever imported them first. This one builds its
+    Console again when the environment or the output stream changes, so every command
+    (also several in one process, as tests and the service run them) sees its own.
+    """
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._key: tuple[object, ...] | None = None
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str):
+        stream = sys.stderr if self._stderr else sys.stdout
+        key = (os.environ.get("COLUMNS"), os.environ.get("NO_COLOR"), id(stream))
+        if self._console is None or key != self._key:
+            # soft_wrap: a printed line is never wrapped, so file paths and unit ids stay
+            # whole and copyable whatever the terminal width (tables still fit it).
+            self._console = Console(stderr=self._stderr, soft_wrap=True)
+            self._key = key
+        return getattr(self._console, name)
+
+
 def make_console(stderr: bool = False) -> Console:
-    """The CLI's consoles. soft_wrap: a printed line is never wrapped, so file paths and
-    unit ids stay whole and copyable whatever the terminal width (tables still fit it)."""
-    return Console(stderr=stderr, soft_wrap=True)
+    """The CLI's consoles (see `_CommandConsole`)."""
+    return _CommandConsole(stderr)  # type: ignore[return-value]
 
 
 err_console = make_console(stderr=True)
@@ -49,7 +73,8 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `neuroscribe` command (`argv`: the arguments, default sys.argv[1:])."""
     # Our own progress bars say what is happening; the libraries' per-file bars are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -60,7 +85,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _register_commands()
     try:
-        app()
+        app(args=argv)
     except NeuroscribeError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)

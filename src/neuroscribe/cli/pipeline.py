@@ -1,11 +1,15 @@
 """`neuroscribe explain | simulate | score | run`: the pipeline over a run directory.
 
-Every option is declared once below (an `Annotated` alias) and mapped onto a
-`RunConfig` by `_config`; the commands then call `neuroscribe.api` and print.
+Every option is declared once below (an `Annotated` alias, and its default in
+`OPTIONS`); a command names the options it takes (`@takes(...)`), `_config` maps them
+onto a `RunConfig`, and the command calls `neuroscribe.api` and prints.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -147,6 +151,77 @@ RecordTokensOpt = Annotated[
 ]
 
 
+# Every option with its default, once. Commands pick theirs by name with `takes`.
+OPTIONS: dict[str, tuple[Any, Any]] = {
+    "explainer": (ExplainerOpt, EMBEDDED_SPEC),
+    "simulator": (SimulatorOpt, EMBEDDED_SPEC),
+    "scorer": (ScorerOpt, "simulation"),
+    "base_url": (BaseUrlOpt, None),
+    "api_key": (ApiKeyOpt, None),
+    "strategy": (StrategyOpt, "auto"),
+    "sim_examples": (SimExamplesOpt, 2),
+    "units": (UnitsOpt, None),
+    "max_units": (MaxUnitsOpt, None),
+    "n_explanations": (NExplOpt, 1),
+    "temperature": (TempOpt, 1.0),
+    "max_tokens": (MaxTokOpt, 60),
+    "n_train": (NTrainOpt, 5),
+    "n_test_top": (NTestTopOpt, 5),
+    "n_test_random": (NTestRandomOpt, 5),
+    "concurrency": (ConcurrencyOpt, 8),
+    "timeout": (TimeoutOpt, 120.0),
+    "retry_failed": (RetryOpt, False),
+    "quiet": (QuietOpt, False),
+    "rpm": (RpmOpt, None),
+    "tpm": (TpmOpt, None),
+    "max_cost": (MaxCostOpt, None),
+    "dry_run": (DryRunOpt, False),
+    "no_cache": (NoCacheOpt, False),
+    "prices": (PricesOpt, None),
+    "record_layers": (RecordLayersOpt, "4,20"),
+    "record_units": (RecordUnitsOpt, 4),
+    "record_tokens": (RecordTokensOpt, 16_000),
+}
+EXPLAIN = ("explainer", "n_explanations", "temperature", "max_tokens")
+SCORE = ("simulator", "scorer", "strategy", "sim_examples")
+COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
+JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
+JOB += ("no_cache", "prices")
+RECORD = ("record_layers", "record_units", "record_tokens")
+
+
+def takes(*names: str, **defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the named options (with `defaults` overriding OPTIONS' defaults).
+
+    The command is written as `def cmd(run: RunArg = DEFAULT_RUN, *, flags: dict)` and
+    receives every option in `flags`; typer sees the options as ordinary parameters.
+    """
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()]
+        own = [p for p in own if p.name != "flags"]
+        extra = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=OPTIONS[name][0],
+                default=defaults.get(name, OPTIONS[name][1]),
+            )
+            for name in names
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            mine = {p.name: kwargs.pop(p.name) for p in own}
+            return fn(**mine, flags={**mine, **kwargs})
+
+        command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + extra}
+        return command
+
+    return decorate
+
+
 def _patterns(units: list[str] | None) -> list[str] | None:
     if not units:
         return None
@@ -236,33 +311,11 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
 
 
 @app.command()
-def explain(
-    run: RunArg = DEFAULT_RUN,
-    explainer: ExplainerOpt = EMBEDDED_SPEC,
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    units: UnitsOpt = None,
-    max_units: MaxUnitsOpt = None,
-    n_explanations: NExplOpt = 1,
-    temperature: TempOpt = 1.0,
-    max_tokens: MaxTokOpt = 60,
-    n_train: NTrainOpt = 5,
-    n_test_top: NTestTopOpt = 5,
-    n_test_random: NTestRandomOpt = 5,
-    concurrency: ConcurrencyOpt = 8,
-    timeout: TimeoutOpt = 60.0,
-    retry_failed: RetryOpt = False,
-    quiet: QuietOpt = False,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_cost: MaxCostOpt = None,
-    dry_run_: DryRunOpt = False,
-    no_cache: NoCacheOpt = False,
-    prices: PricesOpt = None,
-) -> None:
+@takes(*EXPLAIN, *COMMON, *JOB, timeout=60.0)
+def explain(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Explain units: the explainer reads each unit's train top excerpts and writes explanations.jsonl."""
-    config = _config(locals())
-    if dry_run_:
+    config = _config(flags)
+    if flags["dry_run"]:
         api.check_prices(config, [config.explain.model])
         print_estimates(console, api.estimate(config, ["explain"]))
         return
@@ -270,33 +323,11 @@ def explain(
 
 
 @app.command()
-def simulate(
-    run: RunArg = DEFAULT_RUN,
-    simulator: SimulatorOpt = EMBEDDED_SPEC,
-    scorer: ScorerOpt = "simulation",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    strategy: StrategyOpt = "auto",
-    sim_examples: SimExamplesOpt = 2,
-    units: UnitsOpt = None,
-    max_units: MaxUnitsOpt = None,
-    n_train: NTrainOpt = 5,
-    n_test_top: NTestTopOpt = 5,
-    n_test_random: NTestRandomOpt = 5,
-    concurrency: ConcurrencyOpt = 8,
-    timeout: TimeoutOpt = 120.0,
-    retry_failed: RetryOpt = False,
-    quiet: QuietOpt = False,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_cost: MaxCostOpt = None,
-    dry_run_: DryRunOpt = False,
-    no_cache: NoCacheOpt = False,
-    prices: PricesOpt = None,
-) -> None:
+@takes(*SCORE, *COMMON, *JOB)
+def simulate(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Score explanations on their held-out excerpts: by default simulate them, then correlate (simulations.jsonl, scores.jsonl)."""
-    config = _config(locals())
-    if dry_run_:
+    config = _config(flags)
+    if flags["dry_run"]:
         api.check_prices(config, [config.score.model])
         print_estimates(console, api.estimate(config, ["score"]))
         return
@@ -306,45 +337,16 @@ def simulate(
 @app.command()
 def score(run: RunArg = DEFAULT_RUN) -> None:
     """Score stored simulations that have no score yet (no model): correlation, R², 95% intervals."""
-    api.rescore(_config(locals()), hooks(console))
+    api.rescore(_config({"run": run}), hooks(console))
     _print_results(run)
 
 
 @app.command("run")
-def run_all(
-    run: RunArg = DEFAULT_RUN,
-    explainer: ExplainerOpt = EMBEDDED_SPEC,
-    simulator: SimulatorOpt = EMBEDDED_SPEC,
-    scorer: ScorerOpt = "simulation",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    strategy: StrategyOpt = "auto",
-    sim_examples: SimExamplesOpt = 2,
-    units: UnitsOpt = None,
-    max_units: MaxUnitsOpt = None,
-    n_explanations: NExplOpt = 1,
-    temperature: TempOpt = 1.0,
-    max_tokens: MaxTokOpt = 60,
-    n_train: NTrainOpt = 5,
-    n_test_top: NTestTopOpt = 5,
-    n_test_random: NTestRandomOpt = 5,
-    concurrency: ConcurrencyOpt = 8,
-    timeout: TimeoutOpt = 120.0,
-    retry_failed: RetryOpt = False,
-    quiet: QuietOpt = False,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_cost: MaxCostOpt = None,
-    dry_run_: DryRunOpt = False,
-    no_cache: NoCacheOpt = False,
-    prices: PricesOpt = None,
-    record_layers: RecordLayersOpt = "4,20",
-    record_units: RecordUnitsOpt = 4,
-    record_tokens: RecordTokensOpt = 16_000,
-) -> None:
+@takes(*EXPLAIN, *SCORE, *COMMON, *JOB, *RECORD)
+def run_all(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Explain, simulate and score in one go (records the embedded model first if the run has none)."""
-    config = _config(locals())
-    if dry_run_:
+    config = _config(flags)
+    if flags["dry_run"]:
         api.check_prices(config, [config.explain.model, config.score.model])
         print_estimates(console, api.estimate(config))
         return
