@@ -25,7 +25,6 @@ from typing import Any
 from neuroscribe.config import RunConfig
 from neuroscribe.engine import JobSummary, StageEstimate, estimate_plan, run_stage
 from neuroscribe.errors import BudgetExceeded, ConfigError, DataError
-from neuroscribe.estimate import total_cost  # noqa: F401  (re-exported for callers)
 from neuroscribe.explainer.registry import explainer_factory
 from neuroscribe.rundir import RunDir
 from neuroscribe.schema import NeuronRecord
@@ -269,7 +268,8 @@ def estimate(
         stage = explain_stage(config, records, None)
         plan = stage.plan(run, retry_failed=retry)
         est = estimate_plan(stage, plan)
-        est.tokenizer = stage.explainer._counter.name if stage.explainer._counter else ""
+        counter = getattr(stage.explainer, "counter", None)
+        est.tokenizer = counter.name if counter is not None else "not counted"
         est.notes.append(
             f"completion tokens are the upper bound max_tokens="
             f"{config.explain.settings.max_tokens} per sample"
@@ -285,8 +285,10 @@ def estimate(
         )
         stage = ScoreStage(scorer, records, config.splits, extra_explanations=planned)
         est = estimate_plan(stage, stage.plan(run, retry_failed=retry))
-        counter = getattr(scorer, "_counter", None)
-        est.tokenizer = f"{counter.name if counter else ''}, {getattr(scorer, 'strategy', '')}"
+        counter = getattr(scorer, "counter", None)
+        how = counter.name if counter is not None else "not counted"
+        strategy = getattr(scorer, "strategy", None)
+        est.tokenizer = f"{how}, {strategy}" if strategy else how
         if note:
             est.notes.append(note)
         if planned:

@@ -1,7 +1,9 @@
-"""`--dry-run`: count the tokens a job would send and price them, sending nothing.
+"""`--dry-run`'s counting and pricing: tokens of the prompts a job would send.
 
-The prompts are built exactly as the stages build them (same builders, same splits,
-same skip-if-done rules), then counted with the model's tokenizer where it is known:
+What is sent comes from the stages themselves (`engine.estimate_stage`: the stage's
+own plan, then each plug-in's `estimate` of one item, built with the same prompt
+builders); this module counts those prompts with the model's tokenizer where it is
+known:
 
 - `hf:` specs: the model's own `transformers` tokenizer and chat template (exact);
 - API model names: `tiktoken` when it is installed and has the model's encoding
@@ -29,8 +31,6 @@ from neuroscribe.prompts import (
     build_json_simulation_messages,
     build_simulation_prompt,
 )
-
-# A typical explanation (~13 tokens) stands in for explanations a `run` has not made yet.
 
 # --------------------------------------------------------------------------- tokenizers
 

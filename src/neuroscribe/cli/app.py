@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         # Tables written to a file or a pipe would otherwise be squeezed into 80 columns.
         os.environ.setdefault("COLUMNS", "160")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # transformers' notice about its own cache API is for library authors, not our users.
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     _register_commands()
     try:
         app(args=argv)

@@ -120,11 +120,16 @@ class TokenRowExplainer:
             raise OutputError("this explainer was built for planning only (no model)")
         return await explain_excerpts(self.llm, task.train, self.settings, task.samples)
 
-    def estimate(self, task: ExplainTask) -> Estimate:
+    @property
+    def counter(self) -> Any:
+        """How this explainer's prompts are counted in a dry run (`estimate.TokenCounter`)."""
         from neuroscribe.estimate import token_counter
 
         if self._counter is None:
             self._counter = token_counter(self.model)
+        return self._counter
+
+    def estimate(self, task: ExplainTask) -> Estimate:
         prompt = build_explain_prompt(
             [(e.record.tokens, e.record.activations) for e in task.train],
             max_prompt_tokens=self.settings.max_prompt_tokens,
@@ -134,7 +139,7 @@ class TokenRowExplainer:
         # bounded by max_tokens per sample.
         return Estimate(
             1,
-            self._counter.chat(prompt.messages),
+            self.counter.chat(prompt.messages),
             len(task.samples) * self.settings.max_tokens,
         )
 

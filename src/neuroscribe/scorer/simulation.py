@@ -192,18 +192,25 @@ class SimulationScorer:
         outcome.writes = {"simulations": new} if new else {}
         return outcome
 
-    def estimate(self, task: ScoreTask) -> Estimate:
-        from neuroscribe.estimate import simulation_tokens, token_counter
+    @property
+    def counter(self) -> Any:
+        """How this scorer's prompts are counted in a dry run (`estimate.TokenCounter`)."""
+        from neuroscribe.estimate import token_counter
 
         if self._counter is None:
             self._counter = token_counter(self.model or "")
+        return self._counter
+
+    def estimate(self, task: ScoreTask) -> Estimate:
+        from neuroscribe.estimate import simulation_tokens
+
         stored = self._stored(task)
         est = Estimate()
         for x in task.heldout:
             if x.excerpt_id in stored:
                 continue
             p, c = simulation_tokens(
-                self._counter,
+                self.counter,
                 self.strategy,
                 task.explanation.text,
                 x.record.tokens,
