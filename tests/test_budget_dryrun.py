@@ -210,15 +210,14 @@ def test_max_cost_stops_cleanly_and_resumes_on_the_llama_server(tmp_path, llama_
     hashes = {e.config_hash for e in read_jsonl(run / "explanations.jsonl", Explanation)}
     assert len(hashes) == 2
 
-    # Split settings that would score explanations on excerpts their explainer saw:
-    # refused before any simulation request (only the capability probe), nothing written.
+    # Split settings that would leave the explainer nothing: refused before any request
+    # (not even the capability probe), nothing written.
     before = tree(run)
     r = cli(
         "simulate", str(run), "--simulator", llama_server.model,
         "--base-url", llama_server.base_url, "--strategy", "json",
         "--n-train", "0", "--n-test-top", "2", "--n-test-random", "1",
     )  # fmt: skip
-    assert r.returncode == 1
-    assert "shown to the explainer" in " ".join(r.stderr.split())
-    assert read_jsonl_if_exists(run / "simulations.jsonl", Explanation) == []
+    assert r.returncode != 0
+    assert "--n-train" in r.stdout + r.stderr
     assert tree(run) == before

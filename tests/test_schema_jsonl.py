@@ -136,3 +136,39 @@ def test_simulation_may_mark_missing_values_but_never_nan():
     assert sim.missing_slots == 1
     with pytest.raises(ValueError, match="not finite"):
         SequenceSimulation(**base, expected_activations=[0.5, math.nan])
+
+
+def test_complete_last_line_without_newline_is_kept_on_append(tmp_path, caplog):
+    # A file whose last line is whole but lacks its newline (written by hand or by
+    # another tool): readers count it, so the next append must keep it, not cut it.
+    p = tmp_path / "r.jsonl"
+    p.write_text(_rec(0).model_dump_json() + "\n" + _rec(1).model_dump_json())
+    assert [r.unit_id for r in read_jsonl(p, NeuronRecord)] == ["m/0/0", "m/0/1"]
+    assert append_jsonl(p, [_rec(2)]) == 1
+    assert [r.unit_id for r in read_jsonl(p, NeuronRecord)] == ["m/0/0", "m/0/1", "m/0/2"]
+    assert p.read_text().endswith("\n") and len(p.read_text().splitlines()) == 3
+    assert "torn" not in caplog.text
+
+
+def test_lone_surrogate_is_refused_with_file_and_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    good = _rec(0).model_dump_json()
+    # JSON may spell a lone surrogate as an escape; it is not Unicode and cannot be
+    # written back as UTF-8, so reading names the line instead of crashing later.
+    bad = good.replace('"unit_id":"m/0/0"', '"unit_id":"m/0/\\ud800"')
+    assert bad != good
+    p.write_text(good + "\n" + bad + "\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:2: .*lone surrogate"):
+        read_jsonl(p, NeuronRecord)
+    # A properly paired escape (an emoji) and an escaped backslash are fine.
+    p.write_text(good.replace('"m/0/0"', '"m/0/\\ud83d\\ude00 \\\\ud800"') + "\n")
+    assert read_jsonl(p, NeuronRecord)[0].unit_id == "m/0/\U0001f600 \\ud800"
+
+
+def test_surrogate_written_as_raw_bytes_is_refused_too(tmp_path):
+    # `json.loads` decodes bytes with "surrogatepass": the UTF-8 spelling of U+D800.
+    p = tmp_path / "r.jsonl"
+    raw = _rec(0).model_dump_json().encode().replace(b'"m/0/0"', b'"m/0/\xed\xa0\x80"')
+    p.write_bytes(raw + b"\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:1: .*lone surrogate"):
+        read_jsonl(p, NeuronRecord)

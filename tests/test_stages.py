@@ -194,13 +194,13 @@ def test_leaking_split_settings_are_refused_before_anything_is_sent(tmp_path):
 
     run = make_run(tmp_path, 2)
     records = run.records()
-    go(explain_stage(fake(), records), run)
+    # Explained seeing both top excerpts; scored with settings that hold one out.
+    wide = SplitConfig(n_train=2, n_test_top=0, n_test_random=1, n_calibration_top=0)
+    cfg = ExplainerConfig(temperature=0.0, max_tokens=16, n_examples=0, max_attempts=2)
+    go(ExplainStage(TokenRowExplainer(fake(), cfg), records, wide), run)
     llm = fake()
-    sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
-    scorer = SimulationScorer(sim, spec=llm.spec, strategy="json", scale_max=9, n_examples=0)
-    leaky = SplitConfig(n_train=0, n_test_top=2, n_test_random=1)
     with pytest.raises(DataError, match="shown to the"):
-        go(ScoreStage(scorer, records, leaky), run)
+        go(score_stage(llm, records), run)
     assert llm.calls == [] and not run.path("simulations").exists()
 
 

@@ -111,10 +111,18 @@ def check_prices(config: RunConfig, specs: Sequence[str]) -> None:
 def select_units(
     records: Sequence[NeuronRecord], patterns: Sequence[str] | None, max_units: int | None
 ) -> list[NeuronRecord]:
-    """Units whose id matches any pattern (exact ids or globs like `model/3/*`)."""
+    """Units whose id matches any pattern: an exact id first (so ids holding glob
+    characters such as `[` select themselves), else a glob like `model/3/*`."""
     chosen = list(records)
     if patterns:
-        chosen = [r for r in chosen if any(fnmatch.fnmatchcase(r.unit_id, p) for p in patterns)]
+        ids = {r.unit_id for r in chosen}
+        exact = {p for p in patterns if p in ids}
+        globs = [p for p in patterns if p not in exact]
+        chosen = [
+            r
+            for r in chosen
+            if r.unit_id in exact or any(fnmatch.fnmatchcase(r.unit_id, p) for p in globs)
+        ]
         if not chosen:
             raise DataError(f"no unit matches {', '.join(patterns)}")
     if max_units is not None:
@@ -173,6 +181,8 @@ def _finish(run: RunDir, summary: JobSummary, config: RunConfig, hooks: Hooks) -
 
 
 async def _run(stage: Any, config: RunConfig) -> JobSummary:
+    from neuroscribe.llm.pricing import load_prices
+
     return await run_stage(
         stage,
         RunDir(config.run_dir),
@@ -180,6 +190,7 @@ async def _run(stage: Any, config: RunConfig) -> JobSummary:
         retry_failed=config.jobs.retry_failed,
         max_cost=config.jobs.max_cost,
         show_progress=config.jobs.show_progress,
+        prices=load_prices(config.jobs.prices) if config.jobs.max_cost is not None else None,
     )
 
 
@@ -190,9 +201,10 @@ async def explain_async(
     hooks = hooks or Hooks()
     check_prices(config, [config.explain.model])
     records = load_units(config) if records is None else records
-    async with open_model(config.explain.model, config, config.explain.timeout) as llm:
-        summary = await _run(explain_stage(config, records, llm), config)
-    return _finish(RunDir(config.run_dir), summary, config, hooks)
+    with RunDir(config.run_dir).lock():
+        async with open_model(config.explain.model, config, config.explain.timeout) as llm:
+            summary = await _run(explain_stage(config, records, llm), config)
+        return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 
 async def score_async(
@@ -204,32 +216,35 @@ async def score_async(
     check_prices(config, [sec.model])
     records = load_units(config) if records is None else records
     cls = scorer_factory(sec.scorer)
-    async with open_model(sec.model, config, sec.timeout) as llm:
-        scorer = await cls.build(llm, strategy=sec.strategy, n_examples=sec.n_examples)
-        summary = await _run(ScoreStage(scorer, records, config.splits), config)
-    summary.details = {
-        k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)
-    }
-    return _finish(RunDir(config.run_dir), summary, config, hooks)
+    with RunDir(config.run_dir).lock():
+        async with open_model(sec.model, config, sec.timeout) as llm:
+            scorer = await cls.build(llm, strategy=sec.strategy, n_examples=sec.n_examples)
+            summary = await _run(ScoreStage(scorer, records, config.splits), config)
+        summary.details = {
+            k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)
+        }
+        return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 
 async def rescore_async(
     config: RunConfig, sim_config_hash: str | None = None, hooks: Hooks | None = None
 ) -> JobSummary:
     """Correlation scores for stored simulations without one (no model involved)."""
-    summary = await _run(RescoreStage(sim_config_hash=sim_config_hash), config)
-    return _finish(RunDir(config.run_dir), summary, config, hooks or Hooks())
+    with RunDir(config.run_dir).lock():
+        summary = await _run(RescoreStage(sim_config_hash=sim_config_hash), config)
+        return _finish(RunDir(config.run_dir), summary, config, hooks or Hooks())
 
 
 async def run_async(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:
     """Record if missing, explain, then score: the whole job, resumable at any point."""
     hooks = hooks or Hooks()
     check_prices(config, [config.explain.model, config.score.model])
-    record_if_missing(config, hooks)
-    records = load_units(config)
-    explained = await explain_async(config, records, hooks)
-    scored = await score_async(config, records, hooks)
-    return [explained, scored]
+    with RunDir(config.run_dir).lock():  # one lock for all three stages
+        record_if_missing(config, hooks)
+        records = load_units(config)
+        explained = await explain_async(config, records, hooks)
+        scored = await score_async(config, records, hooks)
+        return [explained, scored]
 
 
 def run(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:

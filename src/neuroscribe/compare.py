@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from neuroscribe.errors import DataError
+from neuroscribe.jsonl import atomic_path
 from neuroscribe.rundir import Run, split_unit_id
 from neuroscribe.schema import Score
 from neuroscribe.scorer.base import fingerprint
@@ -472,11 +473,22 @@ def formatted_summary(c: Comparison) -> pd.DataFrame:
     return out
 
 
+def md_escape(text: str) -> str:
+    """Untrusted text (run names, layers, messages) as literal Markdown text.
+
+    Markdown renderers pass raw HTML through, so `&`, `<` and `>` become entities; a
+    backslash is doubled and a newline becomes a space, so the text cannot end a table
+    row or escape our own markup.
+    """
+    text = text.replace("\\", "\\\\").replace("\r", " ").replace("\n", " ")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (no tabulate dependency); cells are escaped."""
 
     def cell(v: object) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return md_escape(str(v)).replace("|", "\\|")
 
     head = [df.index.name or "", *map(str, df.columns)]
     lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
@@ -505,9 +517,9 @@ def to_markdown(c: Comparison) -> str:
         "\n\n".join(
             [
                 "# Explainer comparison",
-                "\n".join(f"- {line}" for line in _header_lines(c)),
+                "\n".join(f"- {md_escape(line)}" for line in _header_lines(c)),
                 markdown_table(formatted_summary(c)),
-                f"## Mean {c.metric} by layer ({c.scorer})",
+                f"## Mean {md_escape(c.metric)} by layer ({md_escape(c.scorer)})",
                 markdown_table(by_layer),
             ]
         )
@@ -533,8 +545,9 @@ def to_html(c: Comparison) -> str:
 
 
 def write_csv(c: Comparison, path: Path) -> None:
-    """The raw summary numbers (no rounding), one row per run."""
-    c.summary.to_csv(path)
+    """The raw summary numbers (no rounding), one row per run (written atomically)."""
+    with atomic_path(path) as tmp:
+        c.summary.to_csv(tmp)
 
 
 def plot(c: Comparison, path: Path) -> None:
@@ -564,5 +577,9 @@ def plot(c: Comparison, path: Path) -> None:
         ax2.set_xticks(range(1, n), c.runs[1:], rotation=20, ha="right")
         ax2.set_title(f"difference vs {c.runs[0]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            # The format from the suffix, as matplotlib would pick it (PNG without one).
+            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)

@@ -30,23 +30,80 @@ class EndpointConfig(_Section):
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
 
 
+# The valid ranges, checked before anything is sent (and stated in the CLI's --help).
+MAX_TEMPERATURE = 2.0
+MAX_EXPLAIN_TOKENS = 4096
+MAX_SAMPLES = 100
+
+
+def _spec(v: str) -> str:
+    v = v.strip()
+    if not v:
+        raise ValueError("a model spec cannot be empty")
+    return v
+
+
 class ExplainSection(_Section):
     model: str = EMBEDDED_SPEC
     explainer: str = "token-rows"  # registry name (neuroscribe.explainer.registry)
     settings: ExplainerConfig = ExplainerConfig()
-    timeout: float = 60.0
+    timeout: float = Field(60.0, gt=0)
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
+
+    @field_validator("explainer")
+    @classmethod
+    def _known_explainer(cls, v: str) -> str:
+        from neuroscribe.explainer.registry import EXPLAINERS
+
+        if v not in EXPLAINERS:
+            raise ValueError(f"unknown explainer {v!r}; choose one of {', '.join(EXPLAINERS)}")
+        return v
+
+    @field_validator("settings")
+    @classmethod
+    def _ranges(cls, v: ExplainerConfig) -> ExplainerConfig:
+        if not 1 <= v.n_samples <= MAX_SAMPLES:
+            raise ValueError(f"--n-explanations must be 1..{MAX_SAMPLES}, not {v.n_samples}")
+        if not (0.0 <= v.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"--temperature must be 0..{MAX_TEMPERATURE:g}, not {v.temperature:g}")
+        if not 1 <= v.max_tokens <= MAX_EXPLAIN_TOKENS:
+            raise ValueError(f"--max-tokens must be 1..{MAX_EXPLAIN_TOKENS}, not {v.max_tokens}")
+        if v.max_attempts < 1 or v.n_examples < 0:
+            raise ValueError("max_attempts must be at least 1 and n_examples at least 0")
+        return v
 
 
 class ScoreSection(_Section):
     scorer: str = "simulation"  # registry name (neuroscribe.scorer.registry)
     model: str = EMBEDDED_SPEC
     strategy: str = "auto"
-    n_examples: int = 2  # few-shot neurons in the simulation prompt
-    timeout: float = 120.0
+    n_examples: int = Field(2, ge=0, le=10)  # few-shot neurons in the simulation prompt
+    timeout: float = Field(120.0, gt=0)
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from neuroscribe.scorer.registry import SCORERS
+
+        if v not in SCORERS:
+            raise ValueError(f"unknown scorer {v!r}; choose one of {', '.join(SCORERS)}")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from neuroscribe.simulator import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
+        return v
 
 
 class JobSection(_Section):
-    concurrency: int = 8
+    concurrency: int = Field(8, ge=1, le=1024)
     retry_failed: bool = False
     rpm: float | None = None
     tpm: float | None = None
@@ -75,15 +132,22 @@ class JobSection(_Section):
 
 class UnitSelection(_Section):
     patterns: list[str] | None = None  # unit ids or globs such as "model/3/*"
-    max_units: int | None = None
+    max_units: int | None = Field(None, ge=1)
+
+    @field_validator("patterns")
+    @classmethod
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not p.strip() for p in v)):
+            raise ValueError("--units needs unit ids or globs; an empty one would select nothing")
+        return v
 
 
 class RecordSection(_Section):
     """What `run` records when the run directory has no records yet (the offline demo)."""
 
     layers: list[int] = [4, 20]
-    units: int = 4
-    tokens: int = 16_000
+    units: int = Field(4, ge=1)
+    tokens: int = Field(16_000, ge=1)
 
 
 class RunConfig(_Section):
@@ -97,15 +161,21 @@ class RunConfig(_Section):
     record: RecordSection = RecordSection()
 
     @classmethod
-    def build(cls, **data) -> RunConfig:
-        """Validate, turning pydantic's errors into one clear ConfigError."""
+    def build(cls, _flag_names: dict[str, str] | None = None, **data) -> RunConfig:
+        """Validate, turning pydantic's errors into one clear ConfigError.
+
+        `_flag_names` maps field paths ("jobs.concurrency") to what the user typed
+        ("--concurrency"), so the message names the flag.
+        """
         from pydantic import ValidationError
 
+        names = _flag_names or {}
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            msgs = [
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-                for err in e.errors()
-            ]
+            msgs = []
+            for err in e.errors():
+                path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+                msg = err["msg"].removeprefix("Value error, ")
+                msgs.append(msg if msg.startswith("--") else f"{names.get(path, path)}: {msg}")
             raise ConfigError("; ".join(msgs)) from None

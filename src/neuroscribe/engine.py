@@ -104,23 +104,35 @@ class JobEngine:
         self.show_progress = show_progress
         self._costed_items = 0  # finished items that reported usage
         self._in_flight = 0
+        self._reserved = 0.0  # projected cost of the items in flight
+        # The projected cost of one item (None: unknown), e.g. from the stage's estimate.
+        self.item_cost: Callable[[WorkItem], float | None] | None = None
+        self._fatal: NeuroscribeError | None = None
         self._pending: list[WorkResult] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def _budget_allows_another(self) -> bool:
+    def _projected(self, item: WorkItem | None) -> float:
+        """What one more item will probably cost: the larger of the mean cost of a
+        finished item (this job's, else earlier ones') and the item's own estimate (its
+        prompts counted and priced as the dry run does), so a fresh job with no history
+        still reserves a cost for every request it starts."""
+        spent_here = self.spent - self.spent_before
+        mean = spent_here / self._costed_items if self._costed_items else self.unit_cost_hint
+        own = self.item_cost(item) if item is not None and self.item_cost else None
+        return max(mean, own or 0.0)
+
+    def _budget_allows_another(self, item: WorkItem | None = None) -> bool:
         """Whether one more item may start without (probably) passing `max_cost`.
 
-        Items already running will spend too, so the check projects the mean cost of a
-        finished item onto those in flight plus the new one: the job stops a little
-        early rather than overshoot by `concurrency` items.
+        Items already running will spend too: each reserved its projected cost when it
+        started, so the job stops a little early rather than overshoot by
+        `concurrency` items.
         """
         if self.max_cost is None:
             return True
         if self.spent >= self.max_cost:
             return False
-        spent_here = self.spent - self.spent_before
-        mean = spent_here / self._costed_items if self._costed_items else self.unit_cost_hint
-        return self.spent + mean * (self._in_flight + 1) <= self.max_cost
+        return self.spent + self._reserved + self._projected(item) <= self.max_cost
 
     def check_budget(self, n_items: int) -> None:
         """Raise BudgetExceeded if not one of `n_items` could start within the budget.
@@ -184,14 +196,16 @@ class JobEngine:
             self._writer = asyncio.create_task(self._drain())
 
     def _failure(self, item: WorkItem, reason: str, raw: str | None = None) -> Failure:
+        from neuroscribe.llm.base import clip_raw
+
         k = item.key
         return Failure(
             stage=k.stage,
             unit_id=k.unit_id,
             explanation_id=k.explanation_id,
             sample_index=k.sample_index,
-            reason=reason,
-            raw=raw,
+            reason=reason[:2000],
+            raw=clip_raw(raw),
             config_hash=k.config_hash,
         )
 
@@ -221,7 +235,12 @@ class JobEngine:
         async def handle(item: WorkItem) -> None:
             try:
                 result = await worker(item)
-            except (OutputError, LLMError, NeuroscribeError) as e:
+            except LLMError as e:
+                if getattr(e, "fatal", False):  # a bad key fails every unit alike: stop
+                    self._fatal = self._fatal or e
+                    return
+                result = WorkResult(failures=[self._failure(item, str(e), None)])
+            except (OutputError, NeuroscribeError) as e:
                 raw = getattr(e, "raw", None)
                 result = WorkResult(
                     usage=list(getattr(e, "usage_records", None) or []),
@@ -248,16 +267,20 @@ class JobEngine:
             )
 
         async def runner() -> None:
-            while not queue.empty():
-                if not self._budget_allows_another():
+            while not queue.empty() and self._fatal is None:
+                item = queue.get_nowait()
+                if not self._budget_allows_another(item):
+                    queue.put_nowait(item)
                     summary.stopped_for_budget = True
                     return
-                item = queue.get_nowait()
+                projected = self._projected(item) if self.max_cost is not None else 0.0
                 self._in_flight += 1
+                self._reserved += projected
                 try:
                     await handle(item)
                 finally:
                     self._in_flight -= 1
+                    self._reserved -= projected
 
         with progress:
             try:
@@ -267,6 +290,10 @@ class JobEngine:
             finally:
                 await self._flush()
         summary.remaining = queue.qsize()
+        if self._fatal is not None:
+            # Nothing more can work (e.g. the key was refused): one clear error, the
+            # finished items saved, the rest left for a rerun.
+            raise self._fatal
         return summary
 
 
@@ -274,21 +301,46 @@ class JobEngine:
 
 
 def estimate_plan(stage: Stage, plan: Plan) -> StageEstimate:
-    """Sum the stage's per-item estimates over a plan (the dry run: nothing is sent)."""
+    """Sum the stage's per-item estimates over a plan (the dry run: nothing is sent).
+
+    An item the real job would record as a failure (a unit with nothing to explain, a
+    record it cannot split) is counted as such, as the job would, instead of aborting.
+    """
     est = StageEstimate(stage.name, stage.model)
     total = Estimate()
+    failing: list[str] = []
     for item in plan.items:
-        total = total + stage.estimate(item)
-    est.units = len(plan.items)
+        try:
+            total = total + stage.estimate(item)
+        except NeuroscribeError as e:
+            failing.append(f"{item.unit_id}: {e}")
+    est.units = len(plan.items) - len(failing)
     est.requests = total.requests
     est.prompt_tokens = total.prompt_tokens
     est.completion_tokens = total.completion_tokens
+    if failing:
+        est.notes.append(
+            f"{len(failing)} units would be recorded as failures, not sent (first: {failing[0]})"
+        )
     return est
 
 
 def estimate_stage(stage: Stage, run: RunDir, *, retry_failed: bool = False) -> StageEstimate:
     """Plan + estimate: exactly the items a real run would do, counted, none sent."""
     return estimate_plan(stage, stage.plan(run, retry_failed=retry_failed))
+
+
+def _item_cost(stage: Stage, prices: dict[str, Any]) -> Callable[[WorkItem], float | None]:
+    from neuroscribe.llm.pricing import cost
+
+    def item_cost(item: WorkItem) -> float | None:
+        try:
+            e = stage.estimate(item)
+        except NeuroscribeError:
+            return None
+        return cost(stage.model, e.prompt_tokens, e.completion_tokens, prices)
+
+    return item_cost
 
 
 async def run_stage(
@@ -299,8 +351,12 @@ async def run_stage(
     retry_failed: bool = False,
     max_cost: float | None = None,
     show_progress: bool = True,
+    prices: dict[str, Any] | None = None,
 ) -> JobSummary:
-    """Run any stage: plan, check the budget, record the config, do the items."""
+    """Run any stage: plan, check the budget, record the config, do the items.
+
+    With `max_cost` and a price table, each item reserves its estimated cost before it
+    starts (see `JobEngine._projected`)."""
     plan = stage.plan(run, retry_failed=retry_failed)
     cfg = stage.config()
     h = stage.config_hash
@@ -314,6 +370,8 @@ async def run_stage(
         spent, unit_cost = run.spend(stage.name)
         engine.spent = engine.spent_before = spent
         engine.unit_cost_hint = unit_cost
+        if prices is not None:
+            engine.item_cost = _item_cost(stage, prices)
         engine.check_budget(len(plan.items))  # before anything is written
     # Recorded before the work starts, so a killed job's manifest names its config.
     run.update_manifest(stage.name, {"config_hash": h, **cfg}, probes=stage.probes())

@@ -18,12 +18,24 @@ class ConfigError(NeuroscribeError):
 
 
 class LLMError(NeuroscribeError):
-    """A call to a language model failed for good (after retries, or not retryable)."""
+    """A call to a language model failed for good (after retries, or not retryable).
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+    `fatal` marks failures that no other unit of the job can escape either (a rejected
+    key, a forbidden model: 401/403): the job should stop rather than record each unit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        fatal: bool = False,
+    ):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.fatal = fatal
 
 
 class OutputError(NeuroscribeError):

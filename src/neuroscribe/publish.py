@@ -9,6 +9,11 @@
       openai/explanations/<layer>/<index>.jsonl
                             with `openai_layout`: OpenAI's NeuronSimulationResults per neuron
 
+The folder is written into a temporary sibling folder and moved into place only when
+everything is written, so a failure leaves no half-written folder behind. Paths built
+from the run's data (a layer name, an index) are encoded as one safe file name and
+checked to stay inside the folder.
+
 `push_folder_to_hub` uploads the folder with `huggingface_hub` (imported lazily: an
 optional dependency, `pip install neuroscribe[hub]`).
 """
@@ -16,9 +21,13 @@ optional dependency, `pip install neuroscribe[hub]`).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
@@ -503,27 +512,60 @@ df = pd.read_parquet("explanations.parquet")
 # ---------------------------------------------------------------- publish
 
 
-def publish_run(
-    run: Run,
-    out: Path,
-    *,
-    with_records: bool = False,
-    openai_layout: bool = False,
-    allow_failures: bool = False,
-    license: str = "cc-by-4.0",
-    overwrite: bool = False,
-) -> PublishResult:
-    """Validate the run and write the dataset folder; returns what was written."""
-    out = Path(out)
-    validate_for_publish(run, allow_failures=allow_failures)
+# A file name is at most 255 bytes on common file systems; leave room for ".jsonl".
+_MAX_NAME = 200
+
+
+def safe_path_name(text: str, what: str) -> str:
+    """One file or folder name made from untrusted text, never a path.
+
+    Letters, digits and `_ . - ~` are kept, everything else (`/`, `\\`, NUL, spaces,
+    `%`, non-ASCII) is percent-encoded, and a leading `.` becomes `%2E` (so `.`, `..`
+    and hidden names cannot occur). The encoding is one-to-one, so different layers
+    never share a file. `what` names the value in the error for an empty or overlong
+    name.
+    """
+    name = quote(text, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if not name:
+        raise DataError(f"{what} is empty, so it cannot name a file")
+    if len(name) > _MAX_NAME:
+        raise DataError(f"{what} is too long to name a file ({len(name)} characters encoded)")
+    return name
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_out(run: Run, out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, is (inside) the run directory, or is not empty."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; publish writes a folder")
+    run_root, target = Path(run.path).resolve(), out.resolve()
+    if _inside(target, run_root):
+        raise ConfigError(
+            f"--out {out} is inside the run directory {run.path}: publishing there would mix "
+            "with or overwrite the run's own files; choose a folder outside the run"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty (pass --overwrite to replace)")
-    out.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(run)
+
+
+def _write_folder(
+    run: Run,
+    out: Path,
+    rows: list[PublishedExplanation],
+    *,
+    with_records: bool,
+    openai_layout: bool,
+    license: str,
+) -> list[Path]:
+    """Write every file of the dataset folder into `out` (a fresh folder); returns them."""
     files = []
 
     jsonl = out / "explanations.jsonl"
-    jsonl.unlink(missing_ok=True)
     append_jsonl(jsonl, rows)
     files.append(jsonl)
 
@@ -532,10 +574,9 @@ def publish_run(
     files.append(parquet)
 
     if with_records:
-        rec_path = out / "records.jsonl"
-        rec_path.unlink(missing_ok=True)
         if not run.records:
             raise DataError(f"{run.path}: --with-records but the run has no records/")
+        rec_path = out / "records.jsonl"
         append_jsonl(rec_path, run.records)
         # `datasets` picks one builder for the whole folder, so the records config gets a
         # Parquet twin; pyarrow's JSON reader unifies the (nested, optional) fields.
@@ -550,8 +591,15 @@ def publish_run(
                 f"{run.path}: --openai-layout needs {REFERENCE_SCORER} scores "
                 f"(this run has: {', '.join(run.scorers()) or 'none'})"
             )
+        base = out / "openai" / "explanations"
         for (layer, index), doc in docs.items():
-            p = out / "openai" / "explanations" / layer / f"{index}.jsonl"
+            # Layer and index come from the run's data: each becomes one safe name.
+            unit = f"{layer}/{index}"
+            folder = safe_path_name(layer, f"{run.path}: the layer of unit {unit!r}")
+            name = safe_path_name(index, f"{run.path}: the index of unit {unit!r}")
+            p = base / folder / f"{name}.jsonl"
+            if not _inside(p.resolve(), base.resolve()):  # belt and braces
+                raise DataError(f"{run.path}: unit {unit!r} would be written outside {base}")
             p.parent.mkdir(parents=True, exist_ok=True)
             # One JSON document on one line, as in OpenAI's public files.
             p.write_text(json.dumps(doc, allow_nan=False) + "\n", encoding="utf-8")
@@ -560,6 +608,71 @@ def publish_run(
     card = out / "README.md"
     card.write_text(dataset_card(run, rows, license, with_records), encoding="utf-8")
     files.append(card)
+    return files
+
+
+def _move_into_place(run: Run, tmp: Path, out: Path, files: list[Path]) -> list[Path]:
+    """Move the finished files from `tmp` to `out`; every destination is checked first."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)  # one rename: the folder appears complete or not at all
+        return [out / f.relative_to(tmp) for f in files]
+    root, run_root = out.resolve(), Path(run.path).resolve()
+    moves = []
+    for f in files:
+        dest = out / f.relative_to(tmp)
+        real = dest.resolve()  # follows a symlink already in the folder
+        if not _inside(real, root):
+            raise ConfigError(f"{dest} leads outside {out} (a symbolic link?); not writing there")
+        if _inside(real, run_root):
+            raise ConfigError(
+                f"--out {out} contains the run directory {run.path}: publishing would "
+                f"overwrite the run's file {dest}; choose a folder outside the run"
+            )
+        if dest.is_dir():
+            raise ConfigError(f"{dest} is a folder; cannot replace it with a file")
+        moves.append((f, dest))
+    for f, dest in moves:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
+    return [dest for _, dest in moves]
+
+
+def publish_run(
+    run: Run,
+    out: Path,
+    *,
+    with_records: bool = False,
+    openai_layout: bool = False,
+    allow_failures: bool = False,
+    license: str = "cc-by-4.0",
+    overwrite: bool = False,
+) -> PublishResult:
+    """Validate the run and write the dataset folder; returns what was written.
+
+    Everything is written into a temporary sibling folder first and moved into `out`
+    only once complete: on any failure `out` is as it was (a rerun is not blocked).
+    With `overwrite`, files of the same name in `out` are replaced; others are kept.
+    """
+    out = Path(out)
+    validate_for_publish(run, allow_failures=allow_failures)
+    _check_out(run, out, overwrite)
+    rows = build_rows(run)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.resolve().name}.publish-", dir=parent))
+    try:
+        written = _write_folder(
+            run,
+            tmp,
+            rows,
+            with_records=with_records,
+            openai_layout=openai_layout,
+            license=license,
+        )
+        files = _move_into_place(run, tmp, out, written)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return PublishResult(
         out=out, n_rows=len(rows), n_units=len({r.unit_id for r in rows}), files=files
     )

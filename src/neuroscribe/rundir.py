@@ -14,18 +14,20 @@ and line.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from neuroscribe.errors import DataError
+from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.jsonl import append_jsonl, read_jsonl, read_jsonl_if_exists, write_json_atomic
 from neuroscribe.schema import (
     Explanation,
@@ -48,6 +50,18 @@ _FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "scores": ("scores.jsonl", Score),
     "usage": ("usage.jsonl", UsageRecord),
     "failures": ("failures.jsonl", Failure),
+}
+
+
+LOCK_NAME = ".lock"
+# Locks this process holds, by resolved path: [open file, depth] (re-entrancy).
+_HELD: dict[str, list[Any]] = {}
+
+# The key of each output line: a second line with the same key is a duplicate.
+_DEDUP: dict[str, Any] = {
+    "explanations": lambda e: (e.unit_id, e.config_hash, e.sample_index),
+    "simulations": lambda s: (s.explanation_id, s.excerpt_id, s.config_hash),
+    "scores": lambda s: (s.explanation_id, s.config_hash, s.scorer),
 }
 
 
@@ -197,7 +211,10 @@ class RunDir:
         out: list[NeuronRecord] = []
         where: dict[str, str] = {}
         for f in files:
-            for lineno, rec in enumerate(read_jsonl(f, NeuronRecord), start=1):
+            if not f.is_file():
+                raise DataError(f"{f}: not a file (record files are JSONL files)")
+            records = read_jsonl(f, NeuronRecord, torn_tail_ok=False)
+            for lineno, rec in enumerate(records, start=1):
                 if rec.unit_id in where:
                     raise DataError(
                         f"{f}:{lineno}: unit {rec.unit_id} already in {where[rec.unit_id]}"
@@ -211,8 +228,61 @@ class RunDir:
     # ------------------------------------------------------------ outputs
 
     def read(self, name: OutputName) -> list[Any]:
+        """The file's lines, validated; output lines written twice for one key (two
+        processes that raced before the lock existed) are read once, the first kept."""
         filename, model = _FILES[name]
-        return read_jsonl_if_exists(self.root / filename, model)
+        lines = read_jsonl_if_exists(self.root / filename, model)
+        key = _DEDUP.get(name)
+        if key is None:
+            return lines
+        seen: dict[tuple[Any, ...], Any] = {}
+        for line in lines:
+            seen.setdefault(key(line), line)
+        return list(seen.values())
+
+    # ------------------------------------------------------------ the lock
+
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run directory exclusively (one writing job at a time).
+
+        A second job on the same directory would send every request again and write
+        every result twice; it is refused at once with the holder's pid. Re-entrant in
+        one process (`run` records, explains and scores under one lock). The lock is
+        the OS's (flock): it goes away with its process, even after `kill -9`.
+        """
+        key = str(self.root.resolve())
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+            try:
+                yield self
+            finally:
+                held[1] -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_NAME
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held across the yield)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ConfigError(
+                f"{self.root} is in use by another neuroscribe job (pid {holder}); "
+                "wait for it to finish or stop it, then rerun"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        _HELD[key] = [f, 1]
+        try:
+            yield self
+        finally:
+            _HELD.pop(key, None)
+            f.close()  # closing releases the lock
 
     def explanations(self) -> list[Explanation]:
         return self.read("explanations")
@@ -252,8 +322,12 @@ class RunDir:
         path = self.manifest_path
         if not path.exists():
             return None
+        if not path.is_file():
+            raise DataError(f"{path}: not a file (a run manifest is a JSON file)")
         try:
             return RunManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a text file (a run manifest is UTF-8 JSON)") from None
         except (json.JSONDecodeError, ValidationError) as e:
             raise DataError(f"{path}: invalid run manifest ({e})") from None
 
@@ -271,7 +345,7 @@ class RunDir:
         manifest.updated_at = utc_now()
         manifest.stages[stage] = info
         if probes:
-            manifest.probes.update(probes)
+            manifest.probes.update(_redacted(probes))
         self.write_manifest(manifest)
 
     def config_change(self, stage: str, cfg: dict[str, Any], h: str) -> str | None:
@@ -339,7 +413,7 @@ class RunDir:
             raise DataError(f"{self.root}: not a run directory")
         records: list[NeuronRecord] = []
         for f in self.record_files():
-            records.extend(read_jsonl(f, NeuronRecord))
+            records.extend(read_jsonl(f, NeuronRecord, torn_tail_ok=False))
         run = Run(
             path=self.root,
             manifest=self.manifest(),
@@ -355,6 +429,19 @@ class RunDir:
                 f"{self.root}: no manifest.json, records, explanations or scores: not a run"
             )
         return run
+
+
+def _redacted(obj: Any) -> Any:
+    """Credentials never reach a file: every URL-looking string in a probe is redacted."""
+    from neuroscribe.llm import redact_url
+
+    if isinstance(obj, dict):
+        return {k: _redacted(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redacted(v) for v in obj]
+    if isinstance(obj, str) and "://" in obj:
+        return redact_url(obj)
+    return obj
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

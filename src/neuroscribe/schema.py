@@ -19,6 +19,11 @@ SCORE_SCHEMA_VERSION = 2
 FAILURE_SCHEMA_VERSION = 2
 
 
+# No real unit activates beyond this; larger values are corrupt data, and their squares
+# (variances, correlations) would overflow float64.
+MAX_ABS_ACTIVATION = 1e10
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -52,6 +57,11 @@ class ActivationRecord(BaseModel):
             if not math.isfinite(a):
                 raise ValueError(
                     f"activation {a!r} at token {i} ({self.tokens[i]!r}) is not finite"
+                )
+            if abs(a) > MAX_ABS_ACTIVATION:
+                raise ValueError(
+                    f"activation {a!r} at token {i} ({self.tokens[i]!r}) is out of range "
+                    f"(|a| > {MAX_ABS_ACTIVATION:g}: products and squares would overflow)"
                 )
         return self
 
@@ -192,6 +202,9 @@ class SequenceSimulation(BaseModel):
         for v in self.expected_activations:
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"expected activation {v!r} is not finite")
+        for a in self.true_activations:
+            if not math.isfinite(a) or abs(a) > MAX_ABS_ACTIVATION:
+                raise ValueError(f"true activation {a!r} is not finite or out of range")
         return self
 
     @property

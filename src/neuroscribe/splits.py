@@ -11,18 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
 from neuroscribe.errors import DataError
 from neuroscribe.schema import ActivationRecord, NeuronRecord
 
 
 class SplitConfig(BaseModel):
-    n_train: int = 5
-    n_test_top: int = 5
-    n_test_random: int = 5
-    n_calibration_top: int = 2
-    n_calibration_random: int = 2
+    n_train: int = Field(5, ge=1, le=1000)
+    n_test_top: int = Field(5, ge=0, le=1000)
+    n_test_random: int = Field(5, ge=0, le=1000)
+    n_calibration_top: int = Field(2, ge=0, le=1000)
+    n_calibration_random: int = Field(2, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> SplitConfig:
+        if self.n_test_top + self.n_test_random < 1:
+            raise ValueError("--n-test-top and --n-test-random leave no excerpt to score")
+        return self
 
 
 @dataclass(frozen=True)

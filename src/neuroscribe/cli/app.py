@@ -92,3 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     except NeuroscribeError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except OSError as e:
+        # A read-only directory, a full disk, a path that is a folder: one line naming it.
+        where = f": {e.filename}" if e.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(e.strerror or type(e).__name__)}{escape(str(where))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

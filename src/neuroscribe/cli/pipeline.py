@@ -71,15 +71,19 @@ ConcurrencyOpt = Annotated[
     int,
     typer.Option(
         "--concurrency",
-        help="Requests in flight at once (and units in progress). Use 1 for a single-slot "
-        "local server such as llama.cpp.",
+        min=1,
+        max=1024,
+        help="Requests in flight at once (and units in progress; 1–1024). Use 1 for a "
+        "single-slot local server such as llama.cpp.",
     ),
 ]
 UnitsOpt = Annotated[
     list[str] | None,
     typer.Option("--units", help="Unit ids or globs (model/3/*); repeat or comma-separate."),
 ]
-MaxUnitsOpt = Annotated[int | None, typer.Option("--max-units", help="Process at most N units.")]
+MaxUnitsOpt = Annotated[
+    int | None, typer.Option("--max-units", min=1, help="Process at most N units (N ≥ 1).")
+]
 StrategyOpt = Annotated[
     str,
     typer.Option(
@@ -91,35 +95,61 @@ StrategyOpt = Annotated[
 RetryOpt = Annotated[
     bool, typer.Option("--retry-failed", help="Try again the units listed in failures.jsonl.")
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds per LLM request.")]
-NTrainOpt = Annotated[int, typer.Option("--n-train", help="Top excerpts shown to the explainer.")]
-NTestTopOpt = Annotated[int, typer.Option("--n-test-top", help="Held-out top excerpts scored.")]
-NTestRandomOpt = Annotated[
-    int, typer.Option("--n-test-random", help="Held-out random excerpts scored.")
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", min=0.001, help="Seconds per LLM request (> 0).")
 ]
-NExplOpt = Annotated[int, typer.Option("--n-explanations", help="Explanations sampled per unit.")]
-TempOpt = Annotated[float, typer.Option("--temperature", help="Explainer temperature.")]
-MaxTokOpt = Annotated[int, typer.Option("--max-tokens", help="Explainer answer length limit.")]
+NTrainOpt = Annotated[
+    int,
+    typer.Option(
+        "--n-train", min=1, max=1000, help="Top excerpts shown to the explainer (1–1000)."
+    ),
+]
+NTestTopOpt = Annotated[
+    int,
+    typer.Option("--n-test-top", min=0, max=1000, help="Held-out top excerpts scored (0–1000)."),
+]
+NTestRandomOpt = Annotated[
+    int,
+    typer.Option(
+        "--n-test-random", min=0, max=1000, help="Held-out random excerpts scored (0–1000)."
+    ),
+]
+NExplOpt = Annotated[
+    int,
+    typer.Option("--n-explanations", min=1, max=100, help="Explanations sampled per unit (1–100)."),
+]
+TempOpt = Annotated[
+    float, typer.Option("--temperature", min=0.0, max=2.0, help="Explainer temperature (0–2).")
+]
+MaxTokOpt = Annotated[
+    int,
+    typer.Option("--max-tokens", min=1, max=4096, help="Explainer answer length limit (1–4096)."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 SimExamplesOpt = Annotated[
     int,
     typer.Option(
         "--sim-examples",
-        help="Few-shot neurons in the simulation prompt (fewer = shorter, cheaper prompts).",
+        min=0,
+        max=10,
+        help="Few-shot neurons in the simulation prompt (0–10; fewer = shorter, cheaper prompts).",
     ),
 ]
 
 
 RpmOpt = Annotated[
-    float | None, typer.Option("--rpm", help="Requests per minute limit (token bucket).")
+    float | None,
+    typer.Option("--rpm", min=0.001, help="Requests per minute limit (token bucket; > 0)."),
 ]
-TpmOpt = Annotated[float | None, typer.Option("--tpm", help="Tokens per minute limit.")]
+TpmOpt = Annotated[
+    float | None, typer.Option("--tpm", min=0.001, help="Tokens per minute limit (> 0).")
+]
 MaxCostOpt = Annotated[
     float | None,
     typer.Option(
         "--max-cost",
         metavar="USD",
-        help="Stop cleanly (resumable) once the run directory's LLM spend reaches USD.",
+        help="Stop cleanly (resumable) once the run directory's LLM spend reaches USD (> 0).",
     ),
 ]
 DryRunOpt = Annotated[
@@ -144,10 +174,10 @@ RecordLayersOpt = Annotated[
     str, typer.Option("--record-layers", help="Layers recorded when the run has no records.")
 ]
 RecordUnitsOpt = Annotated[
-    int, typer.Option("--record-units", help="MLP neurons per layer recorded then.")
+    int, typer.Option("--record-units", min=1, help="MLP neurons per layer recorded then (≥ 1).")
 ]
 RecordTokensOpt = Annotated[
-    int, typer.Option("--record-tokens", help="Corpus tokens recorded then.")
+    int, typer.Option("--record-tokens", min=1, help="Corpus tokens recorded then (≥ 1).")
 ]
 
 
@@ -264,8 +294,9 @@ def _config(flags: dict[str, Any]) -> RunConfig:
             for part in path[:-1]:
                 node = node.setdefault(part, {})
             node[path[-1]] = flags[name]
-    if flags.get("units"):
-        data.setdefault("units", {})["patterns"] = _patterns(flags["units"])
+    if flags.get("units") is not None:
+        # `--units ''` selects nothing: refused (by the config) rather than read as "all".
+        data.setdefault("units", {})["patterns"] = _patterns(flags["units"]) or [""]
     if flags.get("record_layers"):
         layers = [int(x) for x in flags["record_layers"].split(",") if x.strip()]
         data.setdefault("record", {})["layers"] = layers
@@ -275,7 +306,17 @@ def _config(flags: dict[str, Any]) -> RunConfig:
     if "timeout" in flags:
         data.setdefault("explain", {})["timeout"] = flags["timeout"]
         data.setdefault("score", {})["timeout"] = flags["timeout"]
-    return RunConfig.build(**data)
+    return RunConfig.build(_flag_names=_FLAG_NAMES, **data)
+
+
+# Config field path -> the flag that sets it, so errors name what the user typed.
+_FLAG_NAMES = {".".join(path): "--" + name.replace("_", "-") for name, path in _FLAGS.items()}
+_FLAG_NAMES |= {"units.patterns": "--units", "explain.timeout": "--timeout"}
+_FLAG_NAMES |= {"score.timeout": "--timeout", "explain.settings": "explain settings"}
+
+
+# Flags that explain the headline number itself (see scorer.maths.correlation).
+_HEADLINE_FLAGS = {"constant_prediction", "constant_truth", "constant_truth_and_prediction"}
 
 
 def _print_results(run: Path, sim_hash: str | None = None) -> None:
@@ -295,7 +336,11 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
         unit = "/".join(s.unit_id.rsplit("/", 2)[1:]) if strip else s.unit_id
         text = s.explanation if len(s.explanation) <= 120 else s.explanation[:119] + "…"
         ci = f"[{s.ci_low:+.2f}, {s.ci_high:+.2f}]" if s.ci_low is not None else "—"
-        table.add_row(unit, text, s.scorer, f"{s.score:+.3f}", ci)
+        # A score of 0 from a constant prediction means "no signal", not "uncorrelated":
+        # show why next to the number.
+        flags = [f for f in s.flags if f in _HEADLINE_FLAGS]
+        shown = f"{s.score:+.3f}" + (f" ({', '.join(flags)})" if flags else "")
+        table.add_row(unit, text, s.scorer, shown, ci)
     console.print(table)
     if scores:
         mean = sum(s.score for s in scores) / len(scores)

@@ -26,7 +26,7 @@ def record(
     ),
     units: str = typer.Option("all", help="Unit indices per hook point, e.g. '0-31' or 'all'."),
     max_units: int = typer.Option(
-        128, help="With --units all: keep the first N units per hook point (0 = all)."
+        128, min=0, help="With --units all: keep the first N units per hook point (N ≥ 0; 0 = all)."
     ),
     unit_type: str = typer.Option(
         "mlp", help="mlp (MLP neurons), module (any module by path) or sae."
@@ -39,23 +39,27 @@ def record(
     sae: Path = typer.Option(
         None, help="SAE weights (safetensors: W_enc, b_enc, b_dec, optional threshold)."
     ),
-    sae_k: int = typer.Option(None, help="TopK SAE: keep the k largest latents per token."),
+    sae_k: int = typer.Option(
+        None, min=1, help="TopK SAE: keep the k largest latents per token (k ≥ 1)."
+    ),
     corpus: str = typer.Option(
         "builtin",
         help="'builtin', a .txt/.jsonl/.parquet file or folder, or a Hub dataset NAME[:CONFIG].",
     ),
     text_column: str = typer.Option("text", help="Text column of a .jsonl/.parquet/Hub corpus."),
     split: str = typer.Option("train", help="Split of a Hub dataset."),
-    max_tokens: int = typer.Option(20_000, help="Tokens to record."),
-    excerpt_len: int = typer.Option(64, help="Tokens per excerpt."),
-    top: int = typer.Option(20, help="Top-activating excerpts kept per unit."),
-    random: int = typer.Option(20, help="Random excerpts kept per unit."),
-    quantiles: int = typer.Option(5, help="Activation quantile bins sampled per unit (0 = none)."),
-    per_quantile: int = typer.Option(4, help="Excerpts sampled per quantile bin."),
-    pool_size: int = typer.Option(
-        512, help="Excerpts in the reservoir that random/quantile samples come from."
+    max_tokens: int = typer.Option(20_000, min=1, help="Tokens to record (≥ 1)."),
+    excerpt_len: int = typer.Option(64, min=1, help="Tokens per excerpt (≥ 1)."),
+    top: int = typer.Option(20, min=1, help="Top-activating excerpts kept per unit (≥ 1)."),
+    random: int = typer.Option(20, min=0, help="Random excerpts kept per unit (≥ 0)."),
+    quantiles: int = typer.Option(
+        5, min=0, help="Activation quantile bins sampled per unit (≥ 0; 0 = none)."
     ),
-    batch_size: int = typer.Option(8, help="Excerpts per forward pass."),
+    per_quantile: int = typer.Option(4, min=1, help="Excerpts sampled per quantile bin (≥ 1)."),
+    pool_size: int = typer.Option(
+        512, min=1, help="Excerpts in the reservoir that random/quantile samples come from (≥ 1)."
+    ),
+    batch_size: int = typer.Option(8, min=1, help="Excerpts per forward pass (≥ 1)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     seed: int = typer.Option(0, help="Seed of the random and quantile samples."),

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from neuroscribe.cli.app import app, make_console
 from neuroscribe.errors import ConfigError
+from neuroscribe.jsonl import write_text_atomic
 
 console = make_console()
 
@@ -35,8 +36,10 @@ def compare_cmd(
     csv: Path | None = typer.Option(None, "--csv", help="Write the summary numbers as CSV."),
     html_out: Path | None = typer.Option(None, "--html", help="Write an HTML report."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of score distributions."),
-    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    resamples: int = typer.Option(
+        10_000, "--resamples", min=1, help="Bootstrap resamples (an integer >= 1)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (an integer >= 0)."),
 ) -> None:
     """Compare runs that explained the same units (e.g. two explainer models)."""
     from neuroscribe import compare
@@ -44,6 +47,10 @@ def compare_cmd(
 
     if per_unit not in ("mean", "best"):
         raise ConfigError(f"--per-unit must be 'mean' or 'best', not {per_unit!r}")
+    outputs = (("--markdown", markdown), ("--csv", csv), ("--html", html_out), ("--plot", plot))
+    for flag, path in outputs:
+        if path is not None and path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; give the file to write")
     c = compare.compare_runs(
         [load_run(p) for p in runs],
         per_unit=per_unit,
@@ -86,12 +93,14 @@ def compare_cmd(
         means = [compare._fmt(float(c.by_layer.loc[idx, r])) for r in c.runs]
         layers.add_row(str(idx), units, *means)
     console.print(layers)
+    # Each file is written under a temporary name and renamed into place, so a failure
+    # never leaves half a report or destroys the previous one.
     if markdown:
-        markdown.write_text(compare.to_markdown(c), encoding="utf-8")
+        write_text_atomic(markdown, compare.to_markdown(c))
     if csv:
         compare.write_csv(c, csv)
     if html_out:
-        html_out.write_text(compare.to_html(c), encoding="utf-8")
+        write_text_atomic(html_out, compare.to_html(c))
     if plot:
         compare.plot(c, plot)
     for label, path in (("markdown", markdown), ("csv", csv), ("html", html_out), ("plot", plot)):
@@ -102,7 +111,9 @@ def compare_cmd(
 @app.command("publish")
 def publish_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    out: Path = typer.Option(
+        ..., "--out", help="Dataset folder to write (not a file, not inside the run)."
+    ),
     with_records: bool = typer.Option(False, "--with-records", help="Include the records."),
     openai_layout: bool = typer.Option(
         False, "--openai-layout", help="Also write OpenAI's explanations/<layer>/<index>.jsonl."
@@ -143,7 +154,9 @@ def publish_cmd(
 @app.command("view")
 def view_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    out: Path = typer.Option(
+        Path("report.html"), "--out", help="HTML file to write (replaced only when complete)."
+    ),
 ) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
     from neuroscribe.rundir import load_run
@@ -156,7 +169,13 @@ def view_cmd(
 @app.command("serve")
 def serve_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    port: int = typer.Option(8765, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+    port: int = typer.Option(
+        8765,
+        "--port",
+        min=0,
+        max=65535,
+        help="Port on 127.0.0.1, 0-65535 (0 picks a free one).",
+    ),
 ) -> None:
     """Serve the report of a (large) run over HTTP on 127.0.0.1, one unit per request."""
     from neuroscribe.rundir import load_run

@@ -144,7 +144,20 @@ def record_run(
     out = Path(out)
     if cfg.min_excerpt_len > cfg.excerpt_len:
         cfg = cfg.model_copy(update={"min_excerpt_len": cfg.excerpt_len})
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available here (use cpu)")
+    with RunDir(out).lock():
+        return _record(out, cfg, progress=progress, restart=restart, overwrite=overwrite)
 
+
+def _record(
+    out: Path,
+    cfg: RecordConfig,
+    *,
+    progress: Callable[[RecordProgress], None] | None,
+    restart: bool,
+    overwrite: bool,
+) -> RecordSummary:
     corpus = open_corpus(cfg.corpus, text_column=cfg.text_column, split=cfg.split)
     subject = load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype, revision=cfg.revision)
     sae = load_sae(cfg.sae, k=cfg.sae_k) if cfg.sae else None

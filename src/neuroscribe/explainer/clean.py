@@ -6,6 +6,10 @@ import re
 
 from neuroscribe.prompts.examples import EXAMPLES
 
+# An explanation is a phrase; anything longer after cleaning is a rambling or runaway
+# answer (a server that ignored max_tokens), not an explanation.
+MAX_EXPLANATION_CHARS = 500
+
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:explanation|explaining|explain)(?:\s+of)?\s+neuron\s+\d+(?:'s)?\s+behaviou?r\s*:?)?\s*"
     r"(?:the\s+main\s+thing\s+this\s+neuron\s+does\s+is\s+(?:to\s+)?find(?:s|ing)?\s*:?)?\s*",
@@ -17,7 +21,8 @@ def clean_explanation(raw: str) -> str | None:
     """Normalise an explainer answer; None when nothing usable is left.
 
     Keeps the first sentence of the first non-empty line, drops an echoed answer prefix,
-    surrounding quotes and a trailing period, and collapses whitespace.
+    surrounding quotes and a trailing period, and collapses whitespace. More than
+    `MAX_EXPLANATION_CHARS` characters left is not usable either.
     """
     lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
     if not lines:
@@ -28,7 +33,9 @@ def clean_explanation(raw: str) -> str | None:
     # An explanation is one phrase: keep the first sentence of a rambling answer.
     text = re.split(r"(?<=[a-z0-9)\]])[.!?]\s+(?=[A-Z])", text, maxsplit=1)[0]
     text = text.rstrip(".").strip()
-    if len(text) < 2 or not re.search(r"[A-Za-z\u00C0-\uFFFF]", text):
+    if len(text) < 2 or len(text) > MAX_EXPLANATION_CHARS:
+        return None
+    if not re.search(r"[A-Za-z\u00C0-\uFFFF]", text):
         return None
     return text
 

@@ -11,7 +11,7 @@ from neuroscribe.errors import OutputError
 from neuroscribe.explainer.base import ExplainOutcome, ExplainTask
 from neuroscribe.explainer.clean import clean_explanation, is_copied_example
 from neuroscribe.llm import discard_cached
-from neuroscribe.llm.base import LLM
+from neuroscribe.llm.base import LLM, clip_raw
 from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, build_explain_prompt
 from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
@@ -35,9 +35,9 @@ async def explain_excerpts(
 ) -> ExplainOutcome:
     """Sample `n_samples` explanations; unusable answers are asked again, then reported.
 
-    An answer that is empty, unparseable or a copy of a few-shot example's explanation
-    after `max_attempts` rounds is returned in `failed` with its raw text, never as an
-    explanation.
+    An answer that is empty, unparseable, too long or a copy of a few-shot example's
+    explanation after `max_attempts` rounds is returned in `failed` with its raw text
+    (cut to `MAX_RAW_CHARS`), never as an explanation.
     """
     if not train:
         raise OutputError("no train excerpts to explain")
@@ -71,8 +71,9 @@ async def explain_excerpts(
         still: list[int] = []
         answers = [c.text for c in resp.choices]
         for i, sample in enumerate(missing):
-            raw = answers[i] if i < len(answers) else ""
-            text = clean_explanation(raw)
+            # The raw text is kept with the result: never megabytes of it.
+            raw = clip_raw(answers[i] if i < len(answers) else "") or ""
+            text = clean_explanation(answers[i] if i < len(answers) else "")
             if text is None or is_copied_example(text):
                 last_raw[sample] = raw
                 still.append(sample)

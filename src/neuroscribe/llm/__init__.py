@@ -12,6 +12,7 @@ it can do; `backend_info(spec)` what is known before building it.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -28,6 +29,7 @@ from neuroscribe.llm.base import (
 from neuroscribe.llm.capabilities import Capabilities
 from neuroscribe.llm.messages import ContentPart, Message, image_part, text_part
 from neuroscribe.llm.registry import BackendInfo, backend_info, register_backend
+from neuroscribe.llm.secrets import redact_url
 from neuroscribe.llm.wrappers import LLMWrapper, layers, unwrap
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "layers",
     "make_llm",
     "preflight",
+    "redact_url",
     "register_backend",
     "text_part",
     "unwrap",
@@ -72,7 +75,7 @@ def make_llm(
     A bare name is a model on the OpenAI-compatible endpoint (`base_url`/`api_key`, or
     `$OPENAI_BASE_URL`/`$OPENAI_API_KEY`); `options` then go to `OpenAIClient`
     (timeout_s, concurrency, max_attempts, retry, transport, echo_shift, probe, probes,
-    extra_body). `hf:<id or path>` is a local transformers model (`hf:embedded` the
+    extra_body, max_response_bytes). `hf:<id or path>` is a local transformers model (`hf:embedded` the
     embedded SmolLM2; options: device, dtype, store, loaded); `fake:<name>` a `FakeLLM`
     (options: answers, capabilities, ...). Other prefixes come from `register_backend`.
 
@@ -112,6 +115,14 @@ def wrap(
     from neuroscribe.llm.limits import RateLimitedLLM
     from neuroscribe.llm.pricing import UsageLLM
 
+    for name, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(f"{name} must be a positive number (or None), not {value!r}")
     llm: LLM = backend
     if rpm or tpm:
         llm = RateLimitedLLM(llm, rpm=rpm, tpm=tpm)

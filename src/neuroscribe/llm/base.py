@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from neuroscribe.llm.capabilities import Capabilities
 
 
+MAX_RAW_CHARS = 2000  # of a model's raw answer kept in a failure or an error
+
+
+def clip_raw(text: str | None, limit: int = MAX_RAW_CHARS) -> str | None:
+    """`text` cut to at most `limit` characters (a note says how much was cut), so an
+    answer of megabytes is never copied whole into a failure record."""
+    if text is None or len(text) <= limit:
+        return text
+    note = f" ... [{len(text) - limit:,} more characters cut]"
+    return text[: max(0, limit - len(note))] + note
+
+
 @dataclass
 class TokenLogprob:
     """One token with its log-probability and the top alternatives at its position.

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from neuroscribe.errors import LLMError
+from neuroscribe.errors import ConfigError, LLMError
 from neuroscribe.llm.base import LLM, LLMResponse
 from neuroscribe.llm.messages import Message, to_wire
 from neuroscribe.llm.secrets import ScrubFilter, scrub  # here for old callers
@@ -59,16 +59,21 @@ def parse_retry_after(headers: object) -> float | None:
     ms = get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            seconds = float(ms) / 1000.0
         except ValueError:
             pass
+        else:
+            if not math.isnan(seconds):
+                return max(0.0, seconds)
     ra = get("retry-after")
     if not ra:
         return None
     try:
-        return max(0.0, float(ra))
+        seconds = float(ra)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         return max(0.0, parsedate_to_datetime(ra).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -126,20 +131,34 @@ class RetryPolicy:
     """How often and how long to retry transient failures.
 
     Waits are `uniform(0, min(max_wait_s, base_s * 2**attempt))` (full jitter); when the
-    server sends Retry-After the wait is that value (capped at `max_wait_s`) plus a little
-    jitter so that concurrent callers do not return in lockstep.
+    server sends Retry-After the wait is that value plus a little jitter (up to 10 %) so
+    that concurrent callers do not return in lockstep. No wait, jitter included, is ever
+    longer than `max_wait_s`: a hint at or above it waits 90-100 % of `max_wait_s`.
     """
 
     max_attempts: int = 6
     base_s: float = 0.5
     max_wait_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ConfigError(f"max_attempts must be a whole number, not {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        for name in ("base_s", "max_wait_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
+
     def wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         hint = getattr(exc, "retry_after_s", None)
+        cap = self.max_wait_s
         if hint is not None:
-            return min(self.max_wait_s, hint) + random.uniform(0, 0.1 * max(hint, 0.1))
-        ceiling = min(self.max_wait_s, self.base_s * 2 ** (state.attempt_number - 1))
+            if hint >= cap:  # jitter below the cap, never above it
+                return cap - random.uniform(0, 0.1 * cap)
+            return min(cap, hint + random.uniform(0, 0.1 * max(hint, 0.1)))
+        ceiling = min(cap, self.base_s * 2 ** (state.attempt_number - 1))
         return random.uniform(0, ceiling)
 
 
@@ -180,9 +199,28 @@ class CallLimits:
         """
         self._bind_loop()
         last: TransientError | None = None
+        policy = self.retry
+        warned = False
+
+        def wait(state: RetryCallState) -> float:
+            # Say once per request that the server asked for more than we wait.
+            nonlocal warned
+            exc = state.outcome.exception() if state.outcome else None
+            hint = getattr(exc, "retry_after_s", None)
+            if hint is not None and hint > policy.max_wait_s and not warned:
+                warned = True
+                log.warning(
+                    "%s: the server asked to wait %.0f s (Retry-After); waiting at most "
+                    "%g s (max_wait_s)",
+                    scrub(describe),
+                    hint,
+                    policy.max_wait_s,
+                )
+            return policy.wait(state)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_attempts),
-            wait=self.retry.wait,
+            wait=wait,
             retry=retry_if_exception_type(TransientError),
             reraise=True,
             before_sleep=self._before_sleep(describe),

@@ -20,7 +20,7 @@ from typing import Any
 
 from neuroscribe.errors import OutputError
 from neuroscribe.llm import discard_cached
-from neuroscribe.llm.base import LLM, TokenLogprob
+from neuroscribe.llm.base import LLM, TokenLogprob, clip_raw
 from neuroscribe.prompts import (
     SIMULATE_PROMPT_VERSION,
     activations_json_schema,
@@ -159,7 +159,7 @@ class ChatLogprobSimulator(_Base):
             )
             usage = usage.add(resp.usage)
             choice = resp.choices[0]
-            raw = choice.text
+            raw = clip_raw(choice.text) or ""
             if not choice.tokens:
                 problem = "the endpoint returned no logprobs for the generated tokens"
                 discard_cached(self.llm, resp)
@@ -183,19 +183,20 @@ class ChatLogprobSimulator(_Base):
 
 def parse_activation_json(text: str, n_tokens: int, scale_max: int) -> list[float]:
     """Validate a JSON answer: exactly one number in 0..scale_max per token."""
+    raw = clip_raw(text)  # what an error carries: never megabytes
     try:
         obj: Any = json.loads(text)
     except json.JSONDecodeError as e:
-        raise OutputError(f"the answer is not valid JSON ({e.msg})", raw=text) from None
+        raise OutputError(f"the answer is not valid JSON ({e.msg})", raw=raw) from None
     values = obj.get("activations") if isinstance(obj, dict) else obj
     if not isinstance(values, list):
-        raise OutputError('the answer has no "activations" list', raw=text)
+        raise OutputError('the answer has no "activations" list', raw=raw)
     if len(values) != n_tokens:
-        raise OutputError(f"the answer has {len(values)} values for {n_tokens} tokens", raw=text)
+        raise OutputError(f"the answer has {len(values)} values for {n_tokens} tokens", raw=raw)
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= scale_max:
-            raise OutputError(f"value {v!r} is not a number in 0..{scale_max}", raw=text)
+            raise OutputError(f"value {v!r} is not a number in 0..{scale_max}", raw=raw)
         out.append(float(v))
     return out
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from neuroscribe.errors import NeuroscribeError
 from neuroscribe.explainer.base import Explainer, ExplainTask
 from neuroscribe.schema import Explanation, Failure, ItemKey, NeuronRecord, Usage, UsageRecord
 from neuroscribe.splits import SplitConfig, split_record
@@ -127,17 +128,19 @@ class ExplainStage:
         return self.explainer.estimate(self._task(item))
 
     def planned_explanations(self, plan: Plan, text: str) -> list[Explanation]:
-        """Stand-ins for the explanations `plan` will write (ids are deterministic)."""
-        return [
-            self._explanation(
-                item.unit_id,
-                s,
-                text,
-                [e.excerpt_id for e in split_record(self.records[item.unit_id], self.splits).train],
-            )
-            for item in plan.items
-            for s in item.samples
-        ]
+        """Stand-ins for the explanations `plan` will write (ids are deterministic).
+
+        Units the job would record as failures (nothing to explain) get none.
+        """
+        out = []
+        for item in plan.items:
+            try:
+                train = split_record(self.records[item.unit_id], self.splits).train
+            except NeuroscribeError:
+                continue
+            ids = [e.excerpt_id for e in train]
+            out += [self._explanation(item.unit_id, s, text, ids) for s in item.samples]
+        return out
 
     def _explanation(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuroscribe.errors import ConfigError
+from neuroscribe.jsonl import write_text_atomic
 from neuroscribe.rundir import Run
 from neuroscribe.view.data import ReportData
 from neuroscribe.view.page import render_page
@@ -24,8 +26,15 @@ def render_report(run: Run) -> str:
 
 
 def write_report(run: Run, out: Path) -> int:
-    """Write the report file; returns the number of units in it."""
+    """Write the report file; returns the number of units in it.
+
+    The page is rendered in full, written under a temporary name and renamed over `out`,
+    so a failure leaves the previous report as it was.
+    """
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the HTML file to write")
+    page = render_report(run)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run), encoding="utf-8")
+    write_text_atomic(out, page)
     return len(run.unit_ids())

@@ -5,7 +5,11 @@ SDK's per-request work cost more CPU than a whole job step; the SDK is used for
 `/models` only). `limits.CallLimits` owns concurrency and retries of transient
 failures (429, 5xx, timeouts, dropped connections, bodies that are not the JSON
 expected). Every error is translated to `LLMError`/`TransientError` with the URL, the
-status and the server's message — and with the key scrubbed out. A `transport`
+status and the server's message — and with the key and any credentials of the URL
+(`user:password@`, `?api_key=`) scrubbed out: `base_url` and every URL shown is the
+redacted one, the credentials only go into the requests. Answers are read up to
+`max_response_bytes` (a server that ignores `max_tokens` cannot fill memory) and
+checked for shape before use. A `transport`
 (`httpx.AsyncBaseTransport`, e.g. `httpx.MockTransport(handler)`) replaces the network
 for every request, the SDK's included, so tests run this exact code without a server.
 """
@@ -29,19 +33,57 @@ import openai
 
 from neuroscribe.errors import ConfigError, LLMError
 from neuroscribe.llm.limits import CallLimits, RetryPolicy, TransientError, parse_retry_after
-from neuroscribe.llm.openai.mapping import body_code, body_message, error_message, retry_after
-from neuroscribe.llm.secrets import SECRETS, install_log_scrubbing, scrub
+from neuroscribe.llm.openai.mapping import (
+    MalformedAnswer,
+    body_code,
+    body_message,
+    error_message,
+    retry_after,
+)
+from neuroscribe.llm.secrets import SECRETS, install_log_scrubbing, redact_url, scrub, url_secrets
 
 log = logging.getLogger(__name__)
 
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "sk-no-key"  # local servers without auth still need *a* key for the SDK
 _SHARD = 4  # connections per httpx pool (see `_http`)
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # an answer larger than this is refused
+_EXCERPT = 200  # characters of a malformed body shown in its error
 
 T = TypeVar("T")
 
 # What a mapper may raise on an answer of the wrong shape (then retried like a bad body).
-SHAPE_ERRORS = (KeyError, TypeError, ValueError, IndexError)
+# The mappers check what they read (`mapping.MalformedAnswer`, a ValueError); the rest
+# is a backstop so that no AttributeError or OverflowError ever reaches a caller.
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError)
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+def _positive(name: str, value: Any, *, whole: bool = False, minimum: float = 0.0) -> None:
+    """ConfigError unless `value` is a finite number > `minimum` (>= 1 for whole numbers)."""
+    if whole:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not ok:
+            raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+        return
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > minimum
+    )
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number > {minimum:g}, not {value!r}")
+
+
+def _excerpt(text: str | bytes, limit: int = _EXCERPT) -> str:
+    if isinstance(text, bytes):
+        text = text[: 4 * limit].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Wire:
@@ -57,6 +99,12 @@ class Wire:
         max_attempts / retry: tries per request for transient failures.
         transport: an `httpx.AsyncBaseTransport` to use instead of the network.
         extra_body: extra JSON fields sent with every request (e.g. vLLM options).
+        max_response_bytes: the largest answer body read (default 8 MiB); a larger one
+            is an error (not retried).
+
+    `base_url` may carry `user:password@` (sent as HTTP basic auth) and query
+    parameters (sent with every request); `self.base_url` is the redacted URL
+    (`redact_url`) that messages, the probe record and `repr` show.
     """
 
     def __init__(
@@ -71,12 +119,26 @@ class Wire:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+        _positive("timeout_s", timeout_s)
+        _positive("concurrency", concurrency, whole=True)
+        _positive("max_attempts", max_attempts, whole=True)
+        _positive("max_response_bytes", max_response_bytes, whole=True)
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+        self._set_url(url, "--base-url" if base_url else "OPENAI_BASE_URL")
         key = api_key or os.environ.get("OPENAI_API_KEY")
+        if key and _has_control_chars(key):
+            # httpx would print the header value, key and all, in its error. Never the
+            # key here: say where it came from and what is wrong with it.
+            source = "--api-key" if api_key else "OPENAI_API_KEY"
+            raise ConfigError(
+                f"the API key ({source}) contains a control character (a newline, carriage "
+                "return, NUL or tab?); remove it, e.g. a trailing newline from the key file"
+            )
         if not key:
-            if urllib.parse.urlsplit(self.base_url).hostname == "api.openai.com":
+            if self._hostname == "api.openai.com":
                 raise ConfigError(
                     "no API key: set OPENAI_API_KEY (or pass --api-key), "
                     "or point --base-url at a local OpenAI-compatible server"
@@ -87,6 +149,7 @@ class Wire:
         SECRETS.add(key, owner=self)
         install_log_scrubbing()
         self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
         self.limits = CallLimits(
             concurrency=concurrency, retry=retry or RetryPolicy(max_attempts=max_attempts)
         )
@@ -96,11 +159,50 @@ class Wire:
         self._https: dict[int, list[httpx.AsyncClient]] = {}
         self._next_shard = 0
 
-    def __repr__(self) -> str:  # never show the key
+    def _set_url(self, url: str, source: str) -> None:
+        """Split `url` into what requests use (plain URL, query, basic auth) and what is
+        shown (`self.base_url`, redacted); register its credentials with the scrubber."""
+        url = url.strip()
+        if _has_control_chars(url):
+            raise ConfigError(f"the base URL ({source}) contains a control character")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"invalid base URL {redact_url(url)!r} ({source}): {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"invalid base URL {redact_url(url)!r} ({source}): give http(s)://HOST[:PORT]/v1"
+            )
+        self._hostname = parts.hostname
+        host = parts.netloc.rpartition("@")[2]
+        path = parts.path.rstrip("/")
+        self._url = urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
+        self._query = parts.query
+        self._params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        self._auth: httpx.BasicAuth | None = None
+        if parts.username is not None or parts.password is not None:
+            self._auth = httpx.BasicAuth(
+                urllib.parse.unquote(parts.username or ""),
+                urllib.parse.unquote(parts.password or ""),
+            )
+        self._url_secrets = url_secrets(url)
+        for secret in self._url_secrets:
+            SECRETS.add(secret, owner=self)
+        self.base_url = redact_url(
+            urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        )
+
+    def where(self, endpoint: str) -> str:
+        """The (redacted) URL of `endpoint`, for messages."""
+        query = f"?{self._query}" if self._query else ""
+        return redact_url(f"{self._url}{endpoint}{query}")
+
+    def __repr__(self) -> str:  # never show the key or the URL's credentials
         return f"Wire(model={self.model!r}, base_url={self.base_url!r})"
 
     def scrub(self, text: str) -> str:
-        return scrub(text, [self._key])
+        return scrub(text, [self._key, *self._url_secrets])
 
     # ------------------------------------------------------------------ connections
     def sdk(self) -> openai.AsyncOpenAI:
@@ -110,13 +212,18 @@ class Wire:
         loop = asyncio.get_running_loop()
         client = self._clients.get(id(loop))
         if client is None:
-            http = httpx.AsyncClient(transport=self.transport) if self.transport else None
+            http = (
+                httpx.AsyncClient(transport=self.transport, auth=self._auth)
+                if self.transport or self._auth
+                else None
+            )
             client = openai.AsyncOpenAI(
                 api_key=self._key,
-                base_url=self.base_url,
+                base_url=self._url,
                 timeout=self.timeout_s,
                 max_retries=0,
                 http_client=http,
+                default_query=dict(self._params) or None,
             )
             self._clients = {id(loop): client}  # drop clients of finished loops
         return client
@@ -139,12 +246,14 @@ class Wire:
             # shards, and none at all for plain-http local servers.
             verify: ssl.SSLContext | bool = (
                 ssl.create_default_context()
-                if self.base_url.startswith("https") and not self.transport
+                if self._url.startswith("https") and not self.transport
                 else False
             )
             shards = [
                 httpx.AsyncClient(
-                    base_url=self.base_url + "/",
+                    base_url=self._url + "/",
+                    params=self._params or None,
+                    auth=self._auth,
                     headers={
                         "Authorization": f"Bearer {self._key}",
                         "Content-Type": "application/json",
@@ -178,7 +287,7 @@ class Wire:
     # ------------------------------------------------------------------ errors
     def translate(self, exc: Exception, endpoint: str) -> LLMError:
         """Turn an SDK exception into our error types, with the key scrubbed."""
-        where = f"{self.base_url}{endpoint}"
+        where = self.where(endpoint)
         if isinstance(exc, openai.APITimeoutError):
             return TransientError(f"no answer from {where} within {self.timeout_s:g} s")
         if isinstance(exc, openai.APIConnectionError):
@@ -200,18 +309,23 @@ class Wire:
     def status_error(
         self, status: int, detail: str, retry_after_s: float | None, code: str, endpoint: str
     ) -> LLMError:
-        """An HTTP error status → LLMError (not retried) or TransientError (retried)."""
-        where = f"{self.base_url}{endpoint}"
+        """An HTTP error status → LLMError (not retried) or TransientError (retried).
+
+        401 and 403 are `fatal`: no other request of the job can succeed either.
+        """
+        where = self.where(endpoint)
         if status == 401:
             return LLMError(
                 f"authentication failed (401) at {self.base_url}: check OPENAI_API_KEY "
                 f"or --api-key ({detail})",
                 status=401,
+                fatal=True,
             )
         if status == 403:
             return LLMError(
                 f"permission denied (403) for model {self.model!r} at {self.base_url}: {detail}",
                 status=403,
+                fatal=True,
             )
         if status == 404:
             return LLMError(
@@ -245,12 +359,12 @@ class Wire:
         payload = {"model": self.model, **body}
         extra = {**self.extra_body, **payload.pop("extra_body", {})}
         payload.update(extra)  # as the SDK does with extra_body: merged into the JSON
-        where = f"{self.base_url}{endpoint}"
+        where = self.where(endpoint)
         try:
-            resp = await self._http().post(
-                endpoint.lstrip("/"), content=json.dumps(payload).encode("utf-8")
-            )
-            content = resp.content
+            async with self._http().stream(
+                "POST", endpoint.lstrip("/"), content=json.dumps(payload).encode("utf-8")
+            ) as resp:
+                content = await self._read(resp, where)
         except httpx.TimeoutException:
             raise TransientError(f"no answer from {where} within {self.timeout_s:g} s") from None
         except httpx.TransportError as exc:  # refused, reset, dropped mid-body
@@ -269,13 +383,48 @@ class Wire:
             data = json.loads(content)
         except ValueError:
             raise TransientError(
-                f"truncated or invalid JSON from {where} ({len(content)} bytes)"
+                self.scrub(
+                    f"truncated or invalid JSON from {where} ({len(content)} bytes): "
+                    f"{_excerpt(content)!r}"
+                )
             ) from None
         if not isinstance(data, dict) or not data.get("choices"):
             if isinstance(data, dict) and "error" in data:
-                raise TransientError(self.scrub(f"error body from {where}: {data['error']}"))
-            raise TransientError(f"answer without choices from {where}")
+                error = _excerpt(str(data["error"]), 300)
+                raise TransientError(self.scrub(f"error body from {where}: {error}"))
+            raise TransientError(
+                self.scrub(f"answer without choices from {where}: {_excerpt(content)!r}")
+            )
         return data
+
+    async def _read(self, resp: httpx.Response, where: str) -> bytes:
+        """The body, at most `max_response_bytes` of it: a larger answer is an error (not
+        retried: the same request would get the same answer); a larger error body is cut."""
+        cap = self.max_response_bytes
+        ok = resp.status_code < 400
+
+        def too_large(size: str) -> LLMError:
+            return LLMError(
+                f"the answer from {where} is too large ({size}; the limit is {cap:,} bytes, "
+                "max_response_bytes): does the server ignore max_tokens?",
+                status=resp.status_code,
+                retryable=False,
+            )
+
+        declared = resp.headers.get("content-length", "")
+        if ok and declared.isdigit() and int(declared) > cap:
+            raise too_large(f"{int(declared):,} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                if ok:
+                    raise too_large(f"over {cap:,} bytes read")
+                chunks.append(chunk[: len(chunk) - (size - cap)])
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def request(
         self, endpoint: str, body: dict[str, Any], mapper: Callable[[dict[str, Any]], T]
@@ -291,9 +440,17 @@ class Wire:
             try:
                 return data, mapper(data)
             except SHAPE_ERRORS as exc:
+                raw = json.dumps(data, ensure_ascii=False, default=str)
+                detail = (
+                    str(exc)
+                    if isinstance(exc, MalformedAnswer)
+                    else (f"{type(exc).__name__}: {exc}")
+                )
                 raise TransientError(
-                    f"unexpected answer shape from {self.base_url}{endpoint}: "
-                    f"{type(exc).__name__}: {exc}"
+                    self.scrub(
+                        f"unexpected answer shape from {self.where(endpoint)}: "
+                        f"{_excerpt(detail, 300)} (body: {_excerpt(raw)})"
+                    )
                 ) from None
 
         started = time.monotonic()
@@ -321,4 +478,4 @@ class Wire:
             return None
 
 
-__all__ = ["OPENAI_URL", "PLACEHOLDER_KEY", "SHAPE_ERRORS", "Wire"]
+__all__ = ["MAX_RESPONSE_BYTES", "OPENAI_URL", "PLACEHOLDER_KEY", "SHAPE_ERRORS", "Wire"]

@@ -19,10 +19,10 @@ from neuroscribe.llm.base import Completion, LLMResponse
 from neuroscribe.llm.capabilities import Capabilities
 from neuroscribe.llm.limits import RetryPolicy
 from neuroscribe.llm.messages import Message, to_wire
-from neuroscribe.llm.openai._wire import Wire
-from neuroscribe.llm.openai.mapping import map_chat_choices, map_completion_choices
+from neuroscribe.llm.openai._wire import MAX_RESPONSE_BYTES, Wire
+from neuroscribe.llm.openai.mapping import map_chat_choices, map_completion_choices, map_usage
 from neuroscribe.llm.openai.probe import ProbeCache, chat_limit_name, run_probe
-from neuroscribe.schema import Usage
+from neuroscribe.llm.secrets import redact_url
 
 
 class OpenAIClient:
@@ -31,7 +31,9 @@ class OpenAIClient:
     Args:
         model: the model name sent in every request (also the spec).
         base_url, api_key, timeout_s, concurrency, max_attempts, retry, transport,
-            extra_body: see `Wire`.
+            extra_body, max_response_bytes: see `Wire`. `base_url` may carry credentials
+            (`user:password@`, `?api_key=`); `self.base_url` and the probe record show it
+            redacted (`neuroscribe.llm.redact_url`).
         echo_shift: 0 or 1 to fix the echo alignment; None = take it from the probe
             (run lazily on the first echo request).
         probe: a stored `probe()` result (e.g. from the run manifest) to reuse.
@@ -53,6 +55,7 @@ class OpenAIClient:
         probe: dict[str, Any] | None = None,
         probes: ProbeCache | None = None,
         extra_body: dict[str, Any] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         if not model:
             raise ConfigError("a model name is required")
@@ -70,11 +73,16 @@ class OpenAIClient:
             retry=retry,
             transport=transport,
             extra_body=extra_body,
+            max_response_bytes=max_response_bytes,
         )
         self._echo_shift = echo_shift
         self.probes = probes if probes is not None else ProbeCache()
         if probe is not None:
-            self.probes.setdefault(self.base_url, self.model, dict(probe))
+            # A record stored before URLs were redacted may still carry credentials.
+            stored = dict(probe)
+            if isinstance(stored.get("base_url"), str):
+                stored["base_url"] = redact_url(stored["base_url"])
+            self.probes.setdefault(self.base_url, self.model, stored)
         self._probe_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def __repr__(self) -> str:  # never show the key
@@ -118,8 +126,11 @@ class OpenAIClient:
             body["response_format"] = response_format
         if stop:
             body["stop"] = stop
-        data, choices = await self.wire.request("/chat/completions", body, map_chat_choices)
-        return LLMResponse(choices=choices, usage=_usage(data), raw=data)
+        # Usage is read inside the retry loop too: a malformed one is a malformed answer.
+        data, (choices, usage) = await self.wire.request(
+            "/chat/completions", body, lambda data: (map_chat_choices(data), map_usage(data))
+        )
+        return LLMResponse(choices=choices, usage=usage, raw=data)
 
     async def complete(
         self,
@@ -152,13 +163,14 @@ class OpenAIClient:
             body["stop"] = stop
         shift = await self.echo_shift() if echo and logprobs is not None else 0
 
-        def mapper(data: dict[str, Any]) -> list[Completion]:
-            return map_completion_choices(
+        def mapper(data: dict[str, Any]) -> tuple[list[Completion], Any]:
+            choices = map_completion_choices(
                 data, prompt=prompt, echo=echo, shift=shift, drop_generated=max_tokens <= 0
             )
+            return choices, map_usage(data)
 
-        data, choices = await self.wire.request("/completions", body, mapper)
-        return LLMResponse(choices=choices, usage=_usage(data), raw=data)
+        data, (choices, usage) = await self.wire.request("/completions", body, mapper)
+        return LLMResponse(choices=choices, usage=usage, raw=data)
 
     async def capabilities(self) -> Capabilities:
         """From the probe (run once per endpoint + model in `self.probes`)."""
@@ -213,16 +225,6 @@ class OpenAIClient:
             result = await run_probe(self.wire, self.check_model)
             self.probes.put(self.base_url, self.model, result)
             return result
-
-
-def _usage(data: dict[str, Any]) -> Usage:
-    """Tokens of one answer (priced by the `UsageLLM` layer, not here)."""
-    u = data.get("usage") or {}
-    return Usage(
-        prompt_tokens=int(u.get("prompt_tokens") or 0),
-        completion_tokens=int(u.get("completion_tokens") or 0),
-        requests=1,
-    )
 
 
 __all__ = ["OpenAIClient"]

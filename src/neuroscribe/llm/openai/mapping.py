@@ -4,17 +4,111 @@ Nothing here does I/O, so every quirk is tested on literal JSON: llama.cpp's off
 echo logprobs (`shift=1`: raw entry i-1 is the distribution for token i), its "" pieces
 for multi-byte characters (prompt token texts rebuilt from `text_offset`), FastAPI's
 `{"detail": ...}` error bodies.
+
+Every part of an answer that is read is checked first: an answer of the wrong shape
+(`choices` a string, content an int, `usage` a string or negative, a logprob of +1000
+or NaN) raises `MalformedAnswer`, which the wire retries like a truncated body; no
+AttributeError or OverflowError reaches the caller.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, NoReturn
 
 import openai
 
 from neuroscribe.llm.base import Completion, TokenLogprob
 from neuroscribe.llm.limits import parse_retry_after
+from neuroscribe.schema import Usage
+
+# Float error may put a certain token's logprob a hair above 0; more than this is not a
+# log-probability.
+LOGPROB_EPSILON = 1e-4
+# More tokens than any model's context in one answer: the usage is not believable.
+MAX_USAGE_TOKENS = 100_000_000
+
+
+class MalformedAnswer(ValueError):
+    """Valid JSON, but not of the shape an OpenAI-compatible answer has."""
+
+
+def _bad(message: str) -> NoReturn:
+    raise MalformedAnswer(message)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _obj(value: Any, where: str, *, optional: bool = False) -> dict[str, Any]:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        _bad(f"{where} is {_kind(value)}, not an object")
+    return value
+
+
+def _list(value: Any, where: str, *, optional: bool = False) -> list[Any]:
+    if value is None and optional:
+        return []
+    if not isinstance(value, list):
+        _bad(f"{where} is {_kind(value)}, not a list")
+    return value
+
+
+def _str(value: Any, where: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        _bad(f"{where} is {_kind(value)}, not a string")
+    return value
+
+
+def _logprob(value: Any, where: str) -> float | None:
+    """A log-probability: finite and <= 0 (a float-error epsilon above 0 becomes 0)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _bad(f"{where} is {_kind(value)}, not a number")
+    v = float(value)
+    if not math.isfinite(v) or v > LOGPROB_EPSILON:
+        _bad(f"{where} is {value!r}, not a log-probability (finite, <= 0)")
+    return min(v, 0.0)
+
+
+def choices_of(data: Any) -> list[dict[str, Any]]:
+    """The answer's `choices`, checked to be a non-empty list of objects."""
+    choices = _list(_obj(data, "the answer").get("choices"), "'choices'")
+    if not choices:
+        _bad("'choices' is empty")
+    for i, choice in enumerate(choices):
+        _obj(choice, f"choices[{i}]")
+    return choices
+
+
+def map_usage(data: dict[str, Any]) -> Usage:
+    """The answer's token counts (missing = 0); negative, fractional or absurd counts are
+    a malformed answer (they would make the cost negative, and --max-cost never trip)."""
+    usage = _obj(data.get("usage"), "'usage'", optional=True)
+    counts = {}
+    for name in ("prompt_tokens", "completion_tokens"):
+        v = usage.get(name)
+        if v is None:
+            v = 0
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            _bad(f"usage.{name} is {v!r}, not a whole number")
+        if not 0 <= v <= MAX_USAGE_TOKENS:
+            _bad(f"usage.{name} is {v}, not a token count (0..{MAX_USAGE_TOKENS})")
+        counts[name] = v
+    return Usage(**counts, requests=1)
 
 
 def error_message(exc: openai.APIStatusError, limit: int = 300) -> str:
@@ -69,26 +163,49 @@ def body_code(content: bytes) -> str:
 def map_chat_choices(data: dict[str, Any]) -> list[Completion]:
     """Chat answer → Completions (text, finish reason, generated-token logprobs)."""
     out = []
-    for choice in data["choices"]:
-        message = choice.get("message") or {}
-        text = message.get("content")
-        if text is None:
-            text = ""
+    for i, choice in enumerate(choices_of(data)):
+        where = f"choices[{i}]"
+        message = _obj(choice.get("message"), f"{where}.message", optional=True)
+        text = _content_text(message.get("content"), f"{where}.message.content")
+        finish = _str(choice.get("finish_reason"), f"{where}.finish_reason", optional=True)
         tokens = None
-        lp = choice.get("logprobs")
-        if isinstance(lp, dict) and lp.get("content") is not None:
-            tokens = [
-                TokenLogprob(
-                    token=item["token"],
-                    logprob=item.get("logprob"),
-                    top_logprobs={
-                        alt["token"]: alt["logprob"] for alt in item.get("top_logprobs") or []
-                    },
+        lp = _obj(choice.get("logprobs"), f"{where}.logprobs", optional=True)
+        if lp.get("content") is not None:
+            tokens = []
+            for j, item in enumerate(_list(lp["content"], f"{where}.logprobs.content")):
+                at = f"{where}.logprobs.content[{j}]"
+                item = _obj(item, at)
+                top = {}
+                for k, alt in enumerate(_list(item.get("top_logprobs"), at, optional=True)):
+                    alt = _obj(alt, f"{at}.top_logprobs[{k}]")
+                    lp_alt = _logprob(alt.get("logprob"), f"{at}.top_logprobs[{k}].logprob")
+                    if lp_alt is None:
+                        _bad(f"{at}.top_logprobs[{k}].logprob is missing")
+                    top[_str(alt.get("token"), f"{at}.top_logprobs[{k}].token")] = lp_alt
+                tokens.append(
+                    TokenLogprob(
+                        token=_str(item.get("token"), f"{at}.token"),  # type: ignore[arg-type]
+                        logprob=_logprob(item.get("logprob"), f"{at}.logprob"),
+                        top_logprobs=top,  # type: ignore[arg-type]
+                    )
                 )
-                for item in lp["content"]
-            ]
-        out.append(Completion(text=text, finish_reason=choice.get("finish_reason"), tokens=tokens))
+        out.append(Completion(text=text, finish_reason=finish, tokens=tokens))
     return out
+
+
+def _content_text(content: Any, where: str) -> str:
+    """Message content: a string, null, or (some servers) a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for k, part in enumerate(content):
+            part = _obj(part, f"{where}[{k}]")
+            parts.append(_str(part.get("text"), f"{where}[{k}].text", optional=True) or "")
+        return "".join(parts)
+    _bad(f"{where} is {_kind(content)}, not a string")
 
 
 def map_completion_choices(
@@ -110,19 +227,17 @@ def map_completion_choices(
     they always concatenate to the prompt exactly.
     """
     out = []
-    for choice in data["choices"]:
-        text = choice.get("text") or ""
-        finish = choice.get("finish_reason")
-        lp = choice.get("logprobs")
+    for c, choice in enumerate(choices_of(data)):
+        where = f"choices[{c}]"
+        text = _str(choice.get("text"), f"{where}.text", optional=True) or ""
+        finish = _str(choice.get("finish_reason"), f"{where}.finish_reason", optional=True)
+        lp = _obj(choice.get("logprobs"), f"{where}.logprobs", optional=True)
         prompt_tokens = None
         tokens = None
-        if isinstance(lp, dict) and lp.get("tokens") is not None:
-            raw_tokens: list[str] = list(lp["tokens"])
-            raw_lps: list[float | None] = list(lp.get("token_logprobs") or [None] * len(raw_tokens))
-            raw_tops: list[dict[str, float] | None] = list(
-                lp.get("top_logprobs") or [None] * len(raw_tokens)
-            )
-            offsets: list[int] = list(lp.get("text_offset") or [])
+        if lp.get("tokens") is not None:
+            raw_tokens, raw_lps, raw_tops, offsets = completion_logprobs(lp, where)
+            raw_lps = raw_lps or [None] * len(raw_tokens)
+            raw_tops = raw_tops or [None] * len(raw_tokens)
             entries = []
             for i, tok in enumerate(raw_tokens):
                 if echo and shift:
@@ -149,6 +264,46 @@ def map_completion_choices(
     return out
 
 
+def completion_logprobs(
+    lp: dict[str, Any], where: str
+) -> tuple[list[str], list[float | None], list[dict[str, float] | None], list[int]]:
+    """A completion choice's `logprobs`, checked: tokens, token logprobs, top logprobs
+    (a token → logprob map, or null, per position) and text offsets."""
+    tokens = [
+        _str(t, f"{where}.logprobs.tokens[{j}]")
+        for j, t in enumerate(_list(lp.get("tokens"), f"{where}.logprobs.tokens"))
+    ]
+    lps = [
+        _logprob(v, f"{where}.logprobs.token_logprobs[{j}]")
+        for j, v in enumerate(
+            _list(lp.get("token_logprobs"), f"{where}.logprobs.token_logprobs", optional=True)
+        )
+    ]
+    tops: list[dict[str, float] | None] = []
+    for j, top in enumerate(
+        _list(lp.get("top_logprobs"), f"{where}.logprobs.top_logprobs", optional=True)
+    ):
+        at = f"{where}.logprobs.top_logprobs[{j}]"
+        if top is None:
+            tops.append(None)
+            continue
+        checked = {}
+        for tok, v in _obj(top, at).items():
+            value = _logprob(v, f"{at}[{tok[:20]!r}]")
+            if value is None:
+                _bad(f"{at}[{tok[:20]!r}] is null, not a number")
+            checked[tok] = value
+        tops.append(checked)
+    offsets = []
+    for j, off in enumerate(
+        _list(lp.get("text_offset"), f"{where}.logprobs.text_offset", optional=True)
+    ):
+        if isinstance(off, bool) or not isinstance(off, int):
+            _bad(f"{where}.logprobs.text_offset[{j}] is {_kind(off)}, not a whole number")
+        offsets.append(off)
+    return tokens, lps, tops, offsets  # type: ignore[return-value]
+
+
 def _count_prompt_tokens(tokens: list[str], offsets: list[int], prompt: str) -> int:
     if len(offsets) == len(tokens) and offsets:
         return sum(1 for off in offsets if off < len(prompt))
@@ -172,10 +327,16 @@ def _rebuild_prompt_texts(entries: list[TokenLogprob], offsets: list[int], promp
 
 
 __all__ = [
+    "LOGPROB_EPSILON",
+    "MAX_USAGE_TOKENS",
+    "MalformedAnswer",
     "body_code",
     "body_message",
+    "choices_of",
+    "completion_logprobs",
     "error_message",
     "map_chat_choices",
     "map_completion_choices",
+    "map_usage",
     "retry_after",
 ]

@@ -19,7 +19,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from neuroscribe.errors import LLMError
-from neuroscribe.llm.openai.mapping import map_chat_choices
+from neuroscribe.llm.openai.mapping import (
+    MalformedAnswer,
+    choices_of,
+    completion_logprobs,
+    map_chat_choices,
+)
 
 if TYPE_CHECKING:
     from neuroscribe.llm.openai._wire import Wire
@@ -89,12 +94,13 @@ def detect_echo_shift(
 
 
 def _raw_echo(data: dict[str, Any]) -> dict[str, Any]:
-    lp = data["choices"][0].get("logprobs") or {}
-    return {
-        "tokens": list(lp.get("tokens") or []),
-        "top_logprobs": list(lp.get("top_logprobs") or []),
-        "text_offset": list(lp.get("text_offset") or []),
-    }
+    lp = choices_of(data)[0].get("logprobs")
+    if lp is not None and not isinstance(lp, dict):
+        raise MalformedAnswer("choices[0].logprobs is not an object")
+    if not lp or lp.get("tokens") is None:
+        return {"tokens": [], "top_logprobs": [], "text_offset": []}
+    tokens, _, tops, offsets = completion_logprobs(lp, "choices[0]")  # checked
+    return {"tokens": tokens, "top_logprobs": tops, "text_offset": offsets}
 
 
 def chat_limit_name(model: str) -> str:
@@ -182,7 +188,7 @@ async def run_probe(wire: Wire, check_model: Any) -> dict[str, Any]:
                     "temperature": 0.0,
                     "extra_body": {"prompt_logprobs": 1},
                 },
-                lambda data: data["choices"][0],
+                lambda data: choices_of(data)[0],
             )
             r["prompt_logprobs"] = bool(choice.get("prompt_logprobs"))
         except LLMError as exc:
