@@ -36,6 +36,13 @@ MAX_EXPLAIN_TOKENS = 4096
 MAX_SAMPLES = 100
 
 
+def _one_of(v: str, names, what: str) -> str:
+    """A registry name (explainer, scorer, strategy) checked before anything runs."""
+    if v not in names:
+        raise ValueError(f"unknown {what} {v!r}; choose one of {', '.join(names)}")
+    return v
+
+
 def _spec(v: str) -> str:
     v = v.strip()
     if not v:
@@ -56,9 +63,7 @@ class ExplainSection(_Section):
     def _known_explainer(cls, v: str) -> str:
         from neuroscribe.explainer.registry import EXPLAINERS
 
-        if v not in EXPLAINERS:
-            raise ValueError(f"unknown explainer {v!r}; choose one of {', '.join(EXPLAINERS)}")
-        return v
+        return _one_of(v, EXPLAINERS, "explainer")
 
     @field_validator("settings")
     @classmethod
@@ -88,18 +93,14 @@ class ScoreSection(_Section):
     def _known_scorer(cls, v: str) -> str:
         from neuroscribe.scorer.registry import SCORERS
 
-        if v not in SCORERS:
-            raise ValueError(f"unknown scorer {v!r}; choose one of {', '.join(SCORERS)}")
-        return v
+        return _one_of(v, SCORERS, "scorer")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
         from neuroscribe.simulator import STRATEGIES
 
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
-        return v
+        return _one_of(v, STRATEGIES, "strategy")
 
 
 class JobSection(_Section):

@@ -97,3 +97,18 @@ class Stage(Protocol):
     async def do(self, item: WorkItem) -> WorkResult: ...
 
     def estimate(self, item: WorkItem) -> Estimate: ...
+
+
+class StageBase:
+    """What every stage shares: its key space is the hash of its configuration, and it
+    records no endpoint probes unless it says otherwise."""
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config())
+
+    def probes(self) -> dict[str, Any]:
+        return {}

@@ -16,7 +16,7 @@ from neuroscribe.errors import NeuroscribeError
 from neuroscribe.explainer.base import Explainer, ExplainTask
 from neuroscribe.schema import Explanation, Failure, ItemKey, NeuronRecord, Usage, UsageRecord
 from neuroscribe.splits import SplitConfig, split_record
-from neuroscribe.stages.base import Estimate, Plan, WorkItem, WorkResult, config_hash
+from neuroscribe.stages.base import Estimate, Plan, StageBase, WorkItem, WorkResult
 
 if TYPE_CHECKING:
     from neuroscribe.rundir import RunDir
@@ -40,7 +40,7 @@ def usage_record(stage: str, model: str, unit_id: str, usage: Usage, latency: fl
     )
 
 
-class ExplainStage:
+class ExplainStage(StageBase):
     name = "explain"
 
     def __init__(
@@ -54,13 +54,6 @@ class ExplainStage:
 
     def config(self) -> dict[str, Any]:
         return {**self.explainer.config(), "splits": self.splits.model_dump()}
-
-    @property
-    def config_hash(self) -> str:
-        return config_hash(self.config())
-
-    def probes(self) -> dict[str, Any]:
-        return {}
 
     def _key(self, unit_id: str, sample: int | None = None) -> ItemKey:
         return ItemKey(

@@ -19,7 +19,7 @@ from neuroscribe.schema import Explanation, ItemKey, NeuronRecord, Score, Sequen
 from neuroscribe.scorer.base import ScoreOutcome, Scorer, ScoreTask, fingerprint, heldout_hash
 from neuroscribe.scorer.simulation import outcome_from_simulations, simulation_comparable
 from neuroscribe.splits import SplitConfig, Splits, split_record
-from neuroscribe.stages.base import Estimate, Plan, WorkItem, WorkResult, config_hash
+from neuroscribe.stages.base import Estimate, Plan, StageBase, WorkItem, WorkResult
 from neuroscribe.stages.explain import usage_record
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def make_score(
     )
 
 
-class ScoreStage:
+class ScoreStage(StageBase):
     def __init__(
         self,
         scorer: Scorer,
@@ -72,10 +72,6 @@ class ScoreStage:
 
     def config(self) -> dict[str, Any]:
         return {**self.scorer.config(), "splits": self.splits.model_dump()}
-
-    @property
-    def config_hash(self) -> str:
-        return config_hash(self.config())
 
     def probes(self) -> dict[str, Any]:
         probe = getattr(self.scorer, "probe", None)
@@ -160,7 +156,7 @@ class ScoreStage:
         return self.scorer.estimate(self._task(item))
 
 
-class RescoreStage:
+class RescoreStage(StageBase):
     """Correlation scores for simulated explanations that have none yet (pure maths)."""
 
     name = "score"
@@ -178,9 +174,6 @@ class RescoreStage:
     @property
     def config_hash(self) -> str:
         return self.sim_config_hash or "all"
-
-    def probes(self) -> dict[str, Any]:
-        return {}
 
     def plan(self, run: RunDir, *, retry_failed: bool = False) -> Plan:
         sims = run.simulations()
