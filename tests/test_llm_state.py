@@ -47,6 +47,7 @@ def test_two_clients_with_different_keys_are_both_scrubbed_without_piling_filter
     assert key_a not in SECRETS and key_b not in SECRETS
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_registry_counts_owners_and_filter_is_reusable():
     reg = SecretRegistry()
 
@@ -134,6 +135,7 @@ def tiny_parts():
     return tok, model
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_two_model_stores_are_independent(tiny_parts, tmp_path):
     from neuroscribe.llm.local import LocalLLM, ModelStore
 

@@ -153,6 +153,7 @@ def test_complete_echo_gives_prompt_logprobs(llm, tiny):
         assert len(choice.prompt_tokens[i].top_logprobs) <= 2
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_stop_strings_cut_the_text(llm, tiny):
     assert cut_at_stop("abc\n\ndef", ["\n\n", "zz"]) == ("abc", True)
     assert cut_at_stop("abc", ["zz"]) == ("abc", False)

@@ -69,6 +69,7 @@ def test_round_trip_unchanged(tmp_path):
         assert list(back) == list(obj)  # same key order too
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_cli_round_trip(tmp_path):
     files = _write_src(tmp_path / "src")
     cli = [sys.executable, "-c", "from neuroscribe.cli.app import main; main()"]

@@ -172,6 +172,7 @@ def test_manifest_keeps_other_stages(tmp_path, llama_dir):
     assert m.stages["explain"] == {"explainer": "x"} and "record" in m.stages
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_interrupted_recording_resumes_to_the_same_records(tmp_path, llama_dir):
     opts = {
         **SMALL,
@@ -219,6 +220,7 @@ def test_recompute_path_equals_kept_pool(tmp_path, llama_dir):
                 np.testing.assert_allclose(ea.activations, eb.activations, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_tokens_concatenate_to_the_text(tmp_path, llama_dir):
     text = "The quick brown fox jumps over the lazy dog near the riverbank today.\n\n" * 3
     text += "Numbers like 12345 and words like antidisestablishmentarianism split into pieces."
@@ -289,6 +291,7 @@ def _save_sae(path: Path, d_in: int, d_sae: int, *, threshold: bool = False, see
     return {k: v.double().numpy() for k, v in t.items()}
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_sae_latents_match_a_direct_matrix_computation(tmp_path, llama_dir):
     from transformers import AutoModelForCausalLM
 
@@ -335,12 +338,14 @@ def test_unknown_model_path(tmp_path):
     assert _nothing_written(tmp_path / "run")
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_layer_out_of_range(tmp_path, llama_dir):
     with pytest.raises(ConfigError, match=r"layer 3 out of range: the model has 3 layers \(0-2\)"):
         record_run(tmp_path / "run", model=str(llama_dir), layers=[0, 3], **SMALL)
     assert _nothing_written(tmp_path / "run")
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_empty_corpus(tmp_path, llama_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -349,6 +354,7 @@ def test_empty_corpus(tmp_path, llama_dir):
     assert _nothing_written(tmp_path / "run")
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_corpus_without_text_column(tmp_path, llama_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -381,6 +387,7 @@ def test_sae_width_mismatch(tmp_path, llama_dir):
     assert _nothing_written(tmp_path / "run")
 
 
+@pytest.mark.slow  # loads a model: seconds; runs in CI
 def test_bad_options_are_config_errors(tmp_path, llama_dir):
     with pytest.raises(ConfigError, match="unit 48 out of range"):
         record_run(tmp_path / "run", model=str(llama_dir), layers=[0], units="40-48", **SMALL)
