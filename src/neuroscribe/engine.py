@@ -121,7 +121,7 @@ class JobEngine:
         own = self.item_cost(item) if item is not None and self.item_cost else None
         return max(mean, own or 0.0)
 
-    def _budget_allows_another(self, item: WorkItem | None = None) -> bool:
+    def _budget_allows_another(self, projected: float | None = None) -> bool:
         """Whether one more item may start without (probably) passing `max_cost`.
 
         Items already running will spend too: each reserved its projected cost when it
@@ -132,7 +132,9 @@ class JobEngine:
             return True
         if self.spent >= self.max_cost:
             return False
-        return self.spent + self._reserved + self._projected(item) <= self.max_cost
+        if projected is None:
+            projected = self._projected(None)
+        return self.spent + self._reserved + projected <= self.max_cost
 
     def check_budget(self, n_items: int) -> None:
         """Raise BudgetExceeded if not one of `n_items` could start within the budget.
@@ -269,11 +271,12 @@ class JobEngine:
         async def runner() -> None:
             while not queue.empty() and self._fatal is None:
                 item = queue.get_nowait()
-                if not self._budget_allows_another(item):
+                # Estimated once per item: the same figure is checked and reserved.
+                projected = self._projected(item) if self.max_cost is not None else 0.0
+                if not self._budget_allows_another(projected):
                     queue.put_nowait(item)
                     summary.stopped_for_budget = True
                     return
-                projected = self._projected(item) if self.max_cost is not None else 0.0
                 self._in_flight += 1
                 self._reserved += projected
                 try:

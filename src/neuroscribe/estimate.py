@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuroscribe.llm.messages import counted_text
 from neuroscribe.llm.pricing import Price, cost
 from neuroscribe.prompts import (
     build_chat_simulation_messages,
@@ -50,20 +51,7 @@ class TokenCounter:
         if self._count_chat is not None:
             return self._count_chat(messages)
         # OpenAI's accounting: 3 tokens of framing per message, 3 to prime the reply.
-        return sum(3 + self._count(message_text(m)) for m in messages) + 3
-
-
-def message_text(message: Any) -> str:
-    """The text of a chat message whose content is a string or a list of content parts."""
-    content = message.get("content", "") if isinstance(message, dict) else message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content or []:
-        text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
-        if text:
-            parts.append(text)
-    return "".join(parts)
+        return sum(3 + self._count(counted_text(m)) for m in messages) + 3
 
 
 def chars_per_4(text: str) -> int:

@@ -14,7 +14,6 @@ from rich.table import Table
 from neuroscribe.api import Hooks
 from neuroscribe.engine import JobSummary, StageEstimate
 from neuroscribe.estimate import total_cost
-from neuroscribe.rundir import RunDir
 
 
 def print_estimates(console: Console, estimates: Sequence[StageEstimate]) -> None:
@@ -72,24 +71,3 @@ def hooks(console: Console) -> Hooks:
         message=lambda msg: console.print(msg, markup=False, highlight=False),
         stage=lambda s: print_stage(console, s),
     )
-
-
-def print_run_summary(console: Console, run: RunDir) -> None:
-    """Print RUN/summary.json's stages as a table."""
-    data = run.summary()
-    table = Table(title=f"Run summary ({run.summary_path})")
-    for col in ("stage", "done", "skipped", "failed", "left", "tokens", "cost", "run total"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for stage, s in data.get("stages", {}).items():
-        tot = data.get("totals", {}).get(stage, {})
-        table.add_row(
-            stage,
-            str(s["done"]),
-            str(s["skipped"]),
-            str(s["failed"]),
-            str(s["remaining"]),
-            f"{s['prompt_tokens'] + s['completion_tokens']:,}",
-            f"${s['cost_usd']:.4f}",
-            f"${tot.get('cost_usd', 0.0):.4f}",
-        )
-    console.print(table)

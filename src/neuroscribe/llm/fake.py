@@ -22,7 +22,7 @@ from typing import Any
 from neuroscribe.errors import ConfigError, LLMError
 from neuroscribe.llm.base import Completion, LLMResponse, TokenLogprob
 from neuroscribe.llm.capabilities import Capabilities
-from neuroscribe.llm.messages import Message, has_image, message_text, parts, to_wire
+from neuroscribe.llm.messages import Message, counted_text, has_image, message_text, to_wire
 from neuroscribe.schema import Usage
 
 FAKE_PREFIX = "fake:"
@@ -42,10 +42,7 @@ def tokenize(text: str) -> list[str]:
 
 def _chat_tokens(messages: Sequence[Message]) -> int:
     # OpenAI's framing: 3 tokens per message and 3 to prime the reply; images not counted.
-    texts = [
-        "".join(p["text"] for p in parts(m["content"]) if p["type"] == "text") for m in messages
-    ]
-    return sum(3 + len(tokenize(t)) for t in texts) + 3
+    return sum(3 + len(tokenize(counted_text(m))) for m in messages) + 3
 
 
 def _certain(tokens: list[str]) -> list[TokenLogprob]:

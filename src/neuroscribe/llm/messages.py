@@ -102,6 +102,12 @@ def message_text(message: Message, *, backend: str = "this backend") -> str:
     return "".join(texts)
 
 
+def counted_text(message: Message) -> str:
+    """The text a message's tokens are counted over: its text parts (images are not
+    text, and are counted apart or not at all)."""
+    return "".join(p["text"] for p in parts(message["content"]) if p["type"] == "text")
+
+
 def to_wire(messages: Sequence[Message | dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages as sent: validated, text-only content collapsed to one string.
 
@@ -133,6 +139,7 @@ __all__ = [
     "Message",
     "Role",
     "TextPart",
+    "counted_text",
     "has_image",
     "image_part",
     "message_text",
