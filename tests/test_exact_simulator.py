@@ -56,6 +56,45 @@ def tiny(smol_tokenizer) -> LocalModel:
     return LocalModel(path="tiny", model=model, tokenizer=smol_tokenizer, device="cpu")
 
 
+def reference_distributions(model, tokenizer, explanation, tokens, scale_max, version):
+    """By hand: tokenise the whole prompt text, one forward pass, softmax over digit ids."""
+    prompt = build_simulation_prompt(explanation, tokens, scale_max=scale_max, version=version)
+    ids = tokenizer(prompt.text(), add_special_tokens=True)["input_ids"]
+    slot = tokenizer.convert_tokens_to_ids(prompt.slot)
+    tab = tokenizer("\t", add_special_tokens=False)["input_ids"][0]
+    digits = [tokenizer.convert_tokens_to_ids(str(v)) for v in range(scale_max + 1)]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    # A slot is the placeholder right after a row's tab ("?" also occurs in the text).
+    slots = [i for i, t in enumerate(ids) if t == slot and ids[i - 1] == tab]
+    out = []
+    for i in slots:
+        p = logprobs[i - 1, digits].exp()
+        out.append((p / p.sum()).tolist())
+    return out
+
+
+def test_the_contrastive_prompt_matches_a_hand_built_reference(tiny):
+    """simulate-v2: P(value > 0) under the explanation minus under the generic one, floored
+    at 0, each read from a plain full-prompt forward pass."""
+    from neuroscribe.prompts.simulate import CONTRAST_EXPLANATION
+
+    sim = ExactSimulator("hf:tiny", loaded=tiny, prompt_version="simulate-v2")
+    assert sim.prompt_version == "simulate-v2"
+    results = sim.simulate_sync(EXPLANATION, EXCERPTS[:3])
+    for tokens, result in zip(EXCERPTS[:3], results, strict=True):
+        own = reference_distributions(
+            tiny.model, tiny.tokenizer, EXPLANATION, tokens, 9, "simulate-v2"
+        )
+        base = reference_distributions(
+            tiny.model, tiny.tokenizer, CONTRAST_EXPLANATION, tokens, 9, "simulate-v2"
+        )
+        want = [max(0.0, 9 * (1 - a[0]) - 9 * (1 - b[0])) for a, b in zip(own, base, strict=True)]
+        assert result.expected == pytest.approx(want, abs=1e-4)
+        flat = [p for dist in result.distributions for p in dist]
+        assert flat == pytest.approx([p for dist in own for p in dist], abs=1e-4)
+
+
 def reference_expected(model, tokenizer, explanation, tokens, scale_max):
     """By hand: tokenise the whole prompt text, one forward pass, softmax over digit ids."""
     prompt = build_simulation_prompt(explanation, tokens, scale_max=scale_max)
@@ -84,7 +123,7 @@ def test_smollm2_has_no_single_token_ten_so_the_scale_is_0_to_9(smol_tokenizer):
 
 
 def test_expected_values_match_a_hand_built_reference(tiny):
-    sim = ExactSimulator("hf:tiny", loaded=tiny)
+    sim = ExactSimulator("hf:tiny", loaded=tiny, prompt_version="simulate-v1")
     results = sim.simulate_sync(EXPLANATION, EXCERPTS[:3])
     spread = []
     for tokens, result in zip(EXCERPTS[:3], results, strict=True):

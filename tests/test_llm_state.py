@@ -171,6 +171,8 @@ def test_model_facts_are_kept_beside_the_model_not_on_it(tiny_parts):
     loaded = LocalModel("tiny", m, tok, "cpu")
     ExactSimulator("hf:tiny", loaded=loaded).simulate_sync("cats", [["The", " cat"]])
     assert set(vars(m)) == attrs  # nothing was set on the HF model
-    assert loaded.memo == {"plain_head": True}
+    assert loaded.memo["plain_head"] is True
+    # The shared instructions' KV cache is kept beside the model too, not on it.
+    assert set(loaded.memo) == {"plain_head", "sim-shared"}
     # The same weights in another LocalModel (another store) compute their own facts.
     assert LocalModel("tiny", m, tok, "cpu").memo == {}

@@ -218,12 +218,32 @@ async def score_async(
     cls = scorer_factory(sec.scorer)
     with RunDir(config.run_dir).lock():
         async with open_model(sec.model, config, sec.timeout) as llm:
-            scorer = await cls.build(llm, strategy=sec.strategy, n_examples=sec.n_examples)
+            scorer = await cls.build(
+                llm, strategy=sec.strategy, n_examples=sec.n_examples, prompt_version=sec.prompt
+            )
+            _record_check(RunDir(config.run_dir), scorer)
             summary = await _run(ScoreStage(scorer, records, config.splits), config)
         summary.details = {
             k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)
         }
         return _finish(RunDir(config.run_dir), summary, config, hooks)
+
+
+def check_key(simulator: str, strategy: str, prompt_version: str) -> str:
+    return f"{simulator}|{strategy}|{prompt_version}"
+
+
+def _record_check(run: RunDir, scorer: Any) -> None:
+    """Put the simulator's stored ground-truth check (if any) in the manifest."""
+    if getattr(scorer, "name", None) != "simulation":
+        return
+    from neuroscribe.groundtruth.store import find_check
+
+    entry = find_check(scorer.model, scorer.strategy, scorer.prompt_version)
+    if entry is not None:
+        run.record_simulator_check(
+            check_key(scorer.model, scorer.strategy, scorer.prompt_version), entry
+        )
 
 
 async def rescore_async(
@@ -296,7 +316,11 @@ def estimate(
         manifest = run.manifest()
         probe = manifest.probes.get(sec.model) if manifest else None
         scorer, note = scorer_factory(sec.scorer).planned(
-            sec.model, strategy=sec.strategy, n_examples=sec.n_examples, probe=probe
+            sec.model,
+            strategy=sec.strategy,
+            n_examples=sec.n_examples,
+            probe=probe,
+            prompt_version=sec.prompt,
         )
         stage = ScoreStage(scorer, records, config.splits, extra_explanations=planned)
         est = estimate_plan(stage, stage.plan(run, retry_failed=retry))

@@ -255,6 +255,40 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     scorer: str = REFERENCE_SCORER
     metric: str = "score"
+    # Simulators whose ground-truth check says their scores are noise (shown loudly).
+    check_warnings: list[str] = field(default_factory=list)
+    check_notes: list[str] = field(default_factory=list)  # simulators never checked
+
+
+def simulator_check_warnings(runs: list[Run], scorer: str) -> tuple[list[str], list[str]]:
+    """(warnings, notes) from the simulators' ground-truth checks in the runs' manifests.
+
+    A simulator whose check says it cannot tell true explanations from false ones makes
+    every difference between these scores noise: that is a warning. A simulator never
+    checked gets a note saying how to check it.
+    """
+    if scorer != REFERENCE_SCORER:
+        return [], []
+    warnings: list[str] = []
+    notes: list[str] = []
+    for run in runs:
+        checks = run.manifest.simulator_checks if run.manifest else {}
+        keys = {
+            "|".join(str(s.comparable.get(k)) for k in ("simulator", "strategy", "prompt_version"))
+            for s in run.scores
+            if s.scorer == scorer
+        }
+        for key in sorted(keys):
+            entry = checks.get(key)
+            sim = key.split("|")[0]
+            if entry is None:
+                notes.append(
+                    f"{run.name}: simulator {sim} has no ground-truth check "
+                    "(neuroscribe check simulator) — whether its scores discriminate is unknown"
+                )
+            elif not entry.get("trustworthy"):
+                warnings.append(f"{run.name}: simulator {sim}: {entry.get('verdict')}")
+    return list(dict.fromkeys(warnings)), list(dict.fromkeys(notes))
 
 
 def unit_scores(
@@ -374,6 +408,7 @@ def compare_runs(
         raise DataError("the runs share no scored unit: nothing to compare")
     table = pd.concat([s.loc[shared] for s in series], axis=1)
     mismatches, notes = check_comparable(runs, shared, scorer)
+    check_warnings, check_notes = simulator_check_warnings(runs, scorer)
 
     base = table[labels[0]].to_numpy()
     rows = []
@@ -430,6 +465,8 @@ def compare_runs(
         notes=notes,
         scorer=scorer,
         metric=metric,
+        check_warnings=check_warnings,
+        check_notes=check_notes,
     )
 
 
@@ -507,7 +544,8 @@ def _header_lines(c: Comparison) -> list[str]:
         if c.n_units[label] != c.n_shared:
             lines.append(f"{label}: {c.n_units[label] - c.n_shared} unshared units left out.")
     lines += [f"MISMATCH: {m}" for m in c.mismatches]
-    lines += [f"note: {n}" for n in c.notes]
+    lines += [f"SIMULATOR CHECK FAILED: {w}" for w in c.check_warnings]
+    lines += [f"note: {n}" for n in c.notes + c.check_notes]
     return lines
 
 

@@ -83,7 +83,11 @@ class ScoreSection(_Section):
     scorer: str = "simulation"  # registry name (neuroscribe.scorer.registry)
     model: str = EMBEDDED_SPEC
     strategy: str = "auto"
-    n_examples: int = Field(2, ge=0, le=10)  # few-shot neurons in the simulation prompt
+    # The simulation prompt version (prompts.simulate.SIMULATION_STYLES); it applies to the
+    # all-at-once strategies (exact, prompt-logprobs). None: the default version.
+    prompt: str | None = None
+    # Few-shot neurons in the simulation prompt; None: the prompt version's own number.
+    n_examples: int | None = Field(None, ge=0, le=10)
     timeout: float = Field(120.0, gt=0)
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
@@ -101,6 +105,13 @@ class ScoreSection(_Section):
         from neuroscribe.simulator import STRATEGIES
 
         return _one_of(v, STRATEGIES, "strategy")
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, v: str | None) -> str | None:
+        from neuroscribe.prompts.simulate import SIMULATION_STYLES
+
+        return None if v is None else _one_of(v, SIMULATION_STYLES, "simulation prompt")
 
 
 class JobSection(_Section):

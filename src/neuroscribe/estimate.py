@@ -125,13 +125,26 @@ def simulation_tokens(
     tokens: Sequence[str],
     scale_max: int,
     n_examples: int,
+    prompt_version: str | None = None,
 ) -> tuple[int, int]:
-    """(prompt, completion) tokens of simulating one excerpt with one strategy."""
+    """(prompt, completion) tokens of simulating one excerpt with one strategy.
+
+    A contrastive prompt version also simulates its contrast explanation on the excerpt;
+    counted here in full (an upper bound: it is shared by a unit's explanations).
+    """
     if strategy in ("prompt-logprobs", "exact"):
-        text = build_simulation_prompt(
-            explanation, tokens, scale_max=scale_max, n_examples=n_examples
-        ).text()
-        return counter.text(text), 1
+        from neuroscribe.prompts.simulate import simulation_style
+
+        style = simulation_style(prompt_version or "simulate-v1")
+        texts = [explanation] + ([style.contrast] if style.contrast is not None else [])
+        total = 0
+        for e in texts:
+            total += counter.text(
+                build_simulation_prompt(
+                    e, tokens, scale_max=scale_max, n_examples=n_examples, version=style.version
+                ).text()
+            )
+        return total, len(texts)
     if strategy == "chat-logprobs":
         msgs = build_chat_simulation_messages(
             explanation, tokens, scale_max=scale_max, n_examples=n_examples

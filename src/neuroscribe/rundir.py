@@ -348,6 +348,12 @@ class RunDir:
             manifest.probes.update(_redacted(probes))
         self.write_manifest(manifest)
 
+    def record_simulator_check(self, key: str, entry: dict[str, Any]) -> None:
+        """Keep a simulator's ground-truth check result with the scores it produced."""
+        manifest = self.manifest() or RunManifest()
+        manifest.simulator_checks[key] = entry
+        self.write_manifest(manifest)
+
     def config_change(self, stage: str, cfg: dict[str, Any], h: str) -> str | None:
         """A warning when `stage` last ran here with another configuration, else None.
 

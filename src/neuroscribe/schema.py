@@ -424,3 +424,6 @@ class RunManifest(BaseModel):
     subject: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Ground-truth check results of the simulators that scored this run, keyed by
+    # "spec|strategy|prompt_version" (`neuroscribe check simulator`; see groundtruth).
+    simulator_checks: dict[str, dict[str, Any]] = Field(default_factory=dict)

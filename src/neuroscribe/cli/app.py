@@ -71,6 +71,7 @@ COMMAND_MODULES: list[str] = [
     "pipeline",
     "report",
     "record",
+    "check",
 ]
 
 

@@ -36,6 +36,15 @@ ExplainerOpt = Annotated[
         "or hf:<hub id or folder> for a local transformers model, hf:embedded for SmolLM2.",
     ),
 ]
+ExplainerMethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--explainer-method",
+        help="How explanations are written: token-rows (the --explainer model reads "
+        "token<TAB>value rows), or a baseline that asks no model: token-lookup (the "
+        "unit's most frequent top tokens), random (an uninformative phrase: the floor).",
+    ),
+]
 SimulatorOpt = Annotated[
     str,
     typer.Option(
@@ -127,12 +136,22 @@ MaxTokOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 SimExamplesOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--sim-examples",
         min=0,
         max=10,
-        help="Few-shot neurons in the simulation prompt (0–10; fewer = shorter, cheaper prompts).",
+        help="Few-shot neurons in the simulation prompt (0–10; fewer = shorter, cheaper "
+        "prompts; default: the prompt version's own).",
+    ),
+]
+SimPromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sim-prompt",
+        help="Simulation prompt version for the exact and prompt-logprobs strategies: "
+        "simulate-v1 (default) or simulate-v2 (contrastive; measure it with "
+        "`neuroscribe check simulator`).",
     ),
 ]
 
@@ -184,12 +203,14 @@ RecordTokensOpt = Annotated[
 # Every option with its default, once. Commands pick theirs by name with `takes`.
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "explainer": (ExplainerOpt, EMBEDDED_SPEC),
+    "explainer_method": (ExplainerMethodOpt, "token-rows"),
     "simulator": (SimulatorOpt, EMBEDDED_SPEC),
     "scorer": (ScorerOpt, "simulation"),
     "base_url": (BaseUrlOpt, None),
     "api_key": (ApiKeyOpt, None),
     "strategy": (StrategyOpt, "auto"),
-    "sim_examples": (SimExamplesOpt, 2),
+    "sim_examples": (SimExamplesOpt, None),
+    "sim_prompt": (SimPromptOpt, None),
     "units": (UnitsOpt, None),
     "max_units": (MaxUnitsOpt, None),
     "n_explanations": (NExplOpt, 1),
@@ -212,8 +233,8 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "record_units": (RecordUnitsOpt, 4),
     "record_tokens": (RecordTokensOpt, 16_000),
 }
-EXPLAIN = ("explainer", "n_explanations", "temperature", "max_tokens")
-SCORE = ("simulator", "scorer", "strategy", "sim_examples")
+EXPLAIN = ("explainer", "explainer_method", "n_explanations", "temperature", "max_tokens")
+SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
 JOB += ("no_cache", "prices")
@@ -261,6 +282,7 @@ def _patterns(units: list[str] | None) -> list[str] | None:
 # Flag name -> (RunConfig section, field). Flags a command lacks keep the defaults.
 _FLAGS: dict[str, tuple[str, ...]] = {
     "explainer": ("explain", "model"),
+    "explainer_method": ("explain", "explainer"),
     "n_explanations": ("explain", "settings", "n_samples"),
     "temperature": ("explain", "settings", "temperature"),
     "max_tokens": ("explain", "settings", "max_tokens"),
@@ -268,6 +290,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "scorer": ("score", "scorer"),
     "strategy": ("score", "strategy"),
     "sim_examples": ("score", "n_examples"),
+    "sim_prompt": ("score", "prompt"),
     "n_train": ("splits", "n_train"),
     "n_test_top": ("splits", "n_test_top"),
     "n_test_random": ("splits", "n_test_random"),

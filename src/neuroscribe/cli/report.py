@@ -73,8 +73,19 @@ def compare_cmd(
                 style="bold red",
             )
         )
+    if c.check_warnings:
+        # Plain lines, not a panel: a panel cuts long lines at the terminal's width.
+        console.print("WARNING: untrustworthy simulator", style="bold red", markup=False)
+        for w in c.check_warnings:
+            console.print(w, style="bold red", markup=False)
+        console.print(
+            "Differences between these scores are noise: the simulator cannot tell true "
+            "explanations from false ones on the ground-truth suite.",
+            style="bold red",
+            markup=False,
+        )
     for line in compare._header_lines(c):
-        if not line.startswith("MISMATCH"):
+        if not line.startswith(("MISMATCH", "SIMULATOR CHECK FAILED")):
             console.print(line, markup=False, highlight=False)
     fs = compare.formatted_summary(c)
     table = Table(title=f"Explanation scores ({c.scorer} {c.metric})")

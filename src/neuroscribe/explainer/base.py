@@ -2,9 +2,9 @@
 
 An explainer is one module plus a line in `registry.py`. The explain stage asks it
 for the samples a unit still lacks and writes what comes back: texts as explanations,
-failed samples (with the raw answer) to failures.jsonl — a non-answer is never stored
-as an explanation. Best-of-k or revision explainers implement the same interface and
-may hold a scorer of their own.
+failed samples (with the raw answer and why it was refused) to failures.jsonl — a
+non-answer is never stored as an explanation. Best-of-k or revision explainers
+implement the same interface and may hold a scorer of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class ExplainTask:
 class ExplainOutcome:
     texts: list[tuple[int, str, str]] = field(default_factory=list)  # (sample, text, raw)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (sample, raw)
+    # Why a failed sample's last answer was refused ("a refusal or non-answer"), by sample.
+    reasons: dict[int, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     prompt_version: str = ""
     attempts: int = 1

@@ -10,6 +10,9 @@ from neuroscribe.errors import ConfigError
 
 EXPLAINERS: dict[str, Any] = {
     "token-rows": "neuroscribe.explainer.token_rows:TokenRowExplainer",
+    # Baselines without an LLM: the yardstick and the floor of a comparison.
+    "token-lookup": "neuroscribe.explainer.baselines:TokenLookupExplainer",
+    "random": "neuroscribe.explainer.baselines:RandomExplainer",
 }
 
 

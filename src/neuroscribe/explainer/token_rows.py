@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from neuroscribe.errors import OutputError
 from neuroscribe.explainer.base import ExplainOutcome, ExplainTask
-from neuroscribe.explainer.clean import clean_explanation, is_copied_example
+from neuroscribe.explainer.clean import explanation_or_reason
 from neuroscribe.llm import discard_cached
 from neuroscribe.llm.base import LLM, clip_raw
 from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, build_explain_prompt
@@ -21,6 +21,8 @@ class ExplainerConfig(BaseModel):
     n_samples: int = 1
     temperature: float = 1.0
     max_tokens: int = 60
+    # Rounds in all: a sample whose answer is not an explanation is asked again up to
+    # max_attempts - 1 times, then recorded as a failure with the reason.
     max_attempts: int = 3
     endpoint: Literal["chat", "completions"] = "chat"
     max_prompt_tokens: int | None = None
@@ -33,11 +35,13 @@ async def explain_excerpts(
     config: ExplainerConfig,
     samples: list[int] | None = None,
 ) -> ExplainOutcome:
-    """Sample `n_samples` explanations; unusable answers are asked again, then reported.
+    """Sample `n_samples` explanations; non-explanations are asked again, then reported.
 
-    An answer that is empty, unparseable, too long or a copy of a few-shot example's
-    explanation after `max_attempts` rounds is returned in `failed` with its raw text
-    (cut to `MAX_RAW_CHARS`), never as an explanation.
+    A sample whose answer is not an explanation (`explanation_or_reason`: empty, too
+    long, an echo of the prompt or of a few-shot example, a refusal, filler) is asked
+    again, up to `max_attempts` rounds in all; still none, it is returned in `failed`
+    with its last raw text (cut to `MAX_RAW_CHARS`) and in `reasons` with why — never
+    as an explanation.
     """
     if not train:
         raise OutputError("no train excerpts to explain")
@@ -49,6 +53,7 @@ async def explain_excerpts(
     outcome = ExplainOutcome(prompt_version=prompt.prompt_version, attempts=config.max_attempts)
     missing = list(range(config.n_samples)) if samples is None else list(samples)
     last_raw: dict[int, str] = {}
+    last_reason: dict[int, str] = {}
     for _ in range(config.max_attempts):
         if not missing:
             break
@@ -73,9 +78,10 @@ async def explain_excerpts(
         for i, sample in enumerate(missing):
             # The raw text is kept with the result: never megabytes of it.
             raw = clip_raw(answers[i] if i < len(answers) else "") or ""
-            text = clean_explanation(answers[i] if i < len(answers) else "")
-            if text is None or is_copied_example(text):
+            text, reason = explanation_or_reason(answers[i] if i < len(answers) else "")
+            if text is None:
                 last_raw[sample] = raw
+                last_reason[sample] = reason or "not an explanation"
                 still.append(sample)
             else:
                 outcome.texts.append((sample, text, raw))
@@ -84,6 +90,7 @@ async def explain_excerpts(
             discard_cached(llm, resp)
         missing = still
     outcome.failed = [(s, last_raw.get(s, "")) for s in missing]
+    outcome.reasons = {s: last_reason[s] for s in missing if s in last_reason}
     outcome.texts.sort()
     return outcome
 

@@ -1,6 +1,7 @@
 """The local backend: a `transformers` causal LM behind the `LLM` interface.
 
-Named `hf:<hub id or folder>` (`hf:embedded` is the embedded SmolLM2). A model is loaded
+Named `hf:<hub id or folder>` (`hf:embedded` is the embedded SmolLM2; `hf:<file>.gguf` a GGUF
+file, converted once to a cached safetensors folder). A model is loaded
 once per (path, device, dtype) into a `ModelStore` and shared, so an explainer and an
 exact simulator that name the same spec use one copy of the weights (`DEFAULT_STORE`
 is the process's; pass `store=` for another, `clear()` to free the weights). Torch work
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_local_spec(spec: str) -> str:
-    """The folder or hub id a local spec names: `hf:embedded` → the embedded model's folder.
+    """The folder or hub id a local spec names: `hf:embedded` → the embedded model's folder,
+    `hf:<file>.gguf` → the cached safetensors folder that GGUF file converts to.
 
     A bare name is never local (it names a model on the API endpoint), so it is refused.
     """
@@ -48,6 +50,11 @@ def resolve_local_spec(spec: str) -> str:
 
         return str(embedded_model_dir())
     path = Path(target).expanduser()
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        # A GGUF file: converted once to a cached safetensors folder, like hf:embedded.
+        from neuroscribe.embedded import gguf_model_dir
+
+        return str(gguf_model_dir(path))
     if path.exists():
         if not (path / "config.json").exists():
             raise ConfigError(

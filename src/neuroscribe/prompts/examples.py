@@ -114,3 +114,49 @@ EXAMPLES: tuple[ExampleNeuron, ...] = (
         ),
     ),
 )
+
+
+def _words(text: str, values: dict[str, int]) -> ExampleExcerpt:
+    """An excerpt from space-separated words (a leading space on all but the first),
+    with the listed words' values and 0 for the rest."""
+    toks = text.split(" ")
+    pairs = [(t if i == 0 else " " + t, values.get(t, 0)) for i, t in enumerate(toks)]
+    return _ex(pairs)
+
+
+# simulate-v2's few-shot units: short, varied, and chosen so no example shares a concept
+# with the ground-truth suite (animals, weekdays, colours, a context rule, a symbol).
+# Each shows the one thing a small simulator has to learn: tokens that fit the
+# explanation get high values, every other token 0 — including the right word in the
+# wrong context.
+SIMULATION_EXAMPLES_V2: tuple[ExampleNeuron, ...] = (
+    ExampleNeuron(
+        explanation="names of animals",
+        excerpts=(_words("The dog chased two cats past the old barn", {"dog": 9, "cats": 8}),),
+    ),
+    ExampleNeuron(
+        explanation="the word right after 'very'",
+        excerpts=(_words("It was very cold and the road was very long", {"cold": 9, "long": 8}),),
+    ),
+    ExampleNeuron(
+        explanation="colour words such as red and blue",
+        excerpts=(_words("She painted the red door a bright blue again", {"red": 9, "blue": 9}),),
+    ),
+    ExampleNeuron(
+        explanation="question marks",
+        excerpts=(
+            _ex(
+                [
+                    ("Why", 0),
+                    (" now", 0),
+                    ("?", 9),
+                    (" Nobody", 0),
+                    (" knows", 0),
+                    (".", 0),
+                    (" Really", 0),
+                    ("?", 9),
+                ]
+            ),
+        ),
+    ),
+)

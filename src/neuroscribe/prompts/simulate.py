@@ -11,7 +11,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from neuroscribe.prompts.examples import EXAMPLES, ExampleNeuron
+from neuroscribe.errors import ConfigError
+from neuroscribe.prompts.examples import EXAMPLES, SIMULATION_EXAMPLES_V2, ExampleNeuron
 from neuroscribe.prompts.explain import PromptTooLong
 from neuroscribe.prompts.format import approx_token_count, format_token, rescale
 
@@ -29,7 +30,15 @@ def _system(scale_max: int) -> str:
     )
 
 
-def _example_rows(ex: ExampleNeuron, scale_max: int) -> str:
+def _system_v2(scale_max: int) -> str:
+    return (
+        "Each neuron below fires on the tokens its explanation describes and on nothing "
+        f"else. Next to every token write how well it fits the explanation: 0 if it does "
+        f"not fit, 1 to {scale_max} if it does (higher fits better)."
+    )
+
+
+def _example_rows(ex: ExampleNeuron, scale_max: int, slot_text: str = "") -> str:
     rows = []
     for excerpt in ex.excerpts[:1]:
         rows.append("<start>")
@@ -39,21 +48,96 @@ def _example_rows(ex: ExampleNeuron, scale_max: int) -> str:
     return "\n".join(rows) + "\n"
 
 
+@dataclass(frozen=True)
+class SimulationStyle:
+    """One versioned simulation method: the prompt's text, its few-shot units, the slot
+    placeholder, and how a slot's value distribution becomes a prediction.
+
+    `readout`: "expected" (Σ v·p, the reference) or "p-active" (P(value > 0), the
+    probability that the token fits). `contrast`: an explanation whose prediction is
+    subtracted token by token (None: no subtraction). The subtraction removes what the
+    model predicts for a token whatever the explanation says (its prior that content
+    tokens fire), which otherwise swamps the explanation in small models.
+    """
+
+    version: str
+    system: Callable[[int], str]
+    examples: tuple[ExampleNeuron, ...]
+    header: Callable[[int, str], str]
+    slot: str = UNKNOWN
+    readout: str = "expected"
+    contrast: str | None = None
+
+
+def _header_v1(k: int, explanation: str) -> str:
+    return f"\nNeuron {k}\nExplanation: {explanation}\nActivations:\n<start>\n"
+
+
+def _header_v2(k: int, explanation: str) -> str:
+    # The explanation restated right above the excerpt: small models attend to what is
+    # near, and the few-shot explanations in between otherwise compete with it.
+    return f'\nNeuron {k} fires on: {explanation}\nFits "{explanation}"?\n<start>\n'
+
+
+STYLE_V1 = SimulationStyle(
+    version="simulate-v1", system=_system, examples=EXAMPLES, header=_header_v1
+)
+
+# The generic explanation whose prediction simulate-v2 subtracts.
+CONTRAST_EXPLANATION = "nothing in particular"
+
+STYLE_V2 = SimulationStyle(
+    version="simulate-v2",
+    system=_system_v2,
+    examples=SIMULATION_EXAMPLES_V2,
+    header=_header_v2,
+    slot="?",
+    readout="p-active",
+    contrast=CONTRAST_EXPLANATION,
+)
+
+SIMULATION_STYLES: dict[str, SimulationStyle] = {s.version: s for s in (STYLE_V1, STYLE_V2)}
+# The default stays simulate-v1: on the ground-truth suite's dev half simulate-v2 did not
+# rank true explanations first more often with SmolLM2-135M (35% vs 40% of 20 units;
+# bench/README.md, "Ground-truth check"). A version becomes the default by winning there.
+DEFAULT_SIMULATE_PROMPT = "simulate-v1"
+
+
+def simulation_style(version: str | None) -> SimulationStyle:
+    """The style a prompt version names (None: the default)."""
+    key = version or DEFAULT_SIMULATE_PROMPT
+    if key not in SIMULATION_STYLES:
+        raise ConfigError(
+            f"unknown simulation prompt {key!r}; choose one of {', '.join(SIMULATION_STYLES)}"
+        )
+    return SIMULATION_STYLES[key]
+
+
+def default_examples(style: SimulationStyle) -> int:
+    """Few-shot units a style uses by default (simulate-v1: 2 of its 3, as in 0.1)."""
+    return 2 if style is STYLE_V1 else len(style.examples)
+
+
 @dataclass
 class SimulationPrompt:
-    """The all-at-once prompt: prefix + one `token<TAB>unknown` row per token + suffix."""
+    """The all-at-once prompt: prefix + one `token<TAB>slot` row per token + suffix."""
 
     prefix: str
     rows: list[str]
     suffix: str = "<end>\n"
     scale_max: int = 10
     prompt_version: str = SIMULATE_PROMPT_VERSION
+    slot: str = UNKNOWN
+    # Characters of `prefix` that do not depend on the explanation (instructions and
+    # few-shot units): a local backend computes them once for every explanation.
+    shared_chars: int = 0
 
     def row_head(self, i: int) -> str:
         """Row i up to its value slot (the slot's distribution is read right after this)."""
         return f"{self.rows[i]}\t"
 
-    def text(self, fill: str = UNKNOWN) -> str:
+    def text(self, fill: str | None = None) -> str:
+        fill = self.slot if fill is None else fill
         body = "".join(f"{self.row_head(i)}{fill}\n" for i in range(len(self.rows)))
         return self.prefix + body + self.suffix
 
@@ -63,23 +147,36 @@ def build_simulation_prompt(
     tokens: Sequence[str],
     *,
     scale_max: int = 10,
-    n_examples: int = 2,
+    n_examples: int | None = None,
     max_prompt_tokens: int | None = None,
     count_tokens: Callable[[str], int] = approx_token_count,
+    version: str | None = SIMULATE_PROMPT_VERSION,
 ) -> SimulationPrompt:
-    """The completion-style all-at-once prompt, shortened by dropping few-shot examples."""
-    n_ex = min(n_examples, len(EXAMPLES))
+    """The completion-style all-at-once prompt, shortened by dropping few-shot examples.
+
+    `n_examples` None: every few-shot unit of the style (simulate-v1: 2 of its 3).
+    """
+    style = simulation_style(version)
+    if n_examples is None:
+        n_examples = default_examples(style)
+    n_ex = min(n_examples, len(style.examples))
     rows = [format_token(t) for t in tokens]
     while True:
-        parts = [_system(scale_max) + "\n"]
-        for k, ex in enumerate(EXAMPLES[:n_ex], start=1):
-            parts.append(
-                f"\nNeuron {k}\nExplanation: {ex.explanation}\nActivations:\n"
-                + _example_rows(ex, scale_max)
-            )
-        k = n_ex + 1
-        parts.append(f"\nNeuron {k}\nExplanation: {explanation.strip()}\nActivations:\n<start>\n")
-        prompt = SimulationPrompt(prefix="".join(parts), rows=rows, scale_max=scale_max)
+        parts = [style.system(scale_max) + "\n"]
+        for k, ex in enumerate(style.examples[:n_ex], start=1):
+            head = style.header(k, ex.explanation)
+            # The header ends by opening the excerpt; the example rows bring their own.
+            parts.append(head.removesuffix("<start>\n") + _example_rows(ex, scale_max))
+        shared = sum(len(p) for p in parts)
+        parts.append(style.header(n_ex + 1, explanation.strip()))
+        prompt = SimulationPrompt(
+            prefix="".join(parts),
+            rows=rows,
+            scale_max=scale_max,
+            prompt_version=style.version,
+            slot=style.slot,
+            shared_chars=shared,
+        )
         if max_prompt_tokens is None or count_tokens(prompt.text()) <= max_prompt_tokens:
             return prompt
         if n_ex == 0:

@@ -108,24 +108,40 @@ class SimulationScorer:
         self._counter: Any = None
 
     @classmethod
-    async def build(cls, llm: Any, *, strategy: str = "auto", n_examples: int = 2, **_: Any):
+    async def build(
+        cls,
+        llm: Any,
+        *,
+        strategy: str = "auto",
+        n_examples: int | None = None,
+        prompt_version: str | None = None,
+        **_: Any,
+    ):
         """The scorer for a live model: probes the backend once to pick the strategy."""
         from neuroscribe.simulator import make_simulator
 
-        sim, probe = await make_simulator(llm, strategy, n_examples=n_examples)
+        sim, probe = await make_simulator(
+            llm, strategy, n_examples=n_examples, prompt_version=prompt_version
+        )
         return cls(
             sim,
             spec=sim.spec,
             strategy=sim.strategy,
             scale_max=getattr(sim, "scale_max", 10),
-            n_examples=getattr(sim, "n_examples", n_examples),
+            n_examples=getattr(sim, "n_examples", n_examples if n_examples is not None else 2),
             prompt_version=sim.prompt_version,
             probe=probe,
         )
 
     @classmethod
     def planned(
-        cls, spec: str, *, strategy: str = "auto", n_examples: int = 2, probe: dict | None = None
+        cls,
+        spec: str,
+        *,
+        strategy: str = "auto",
+        n_examples: int | None = None,
+        probe: dict | None = None,
+        prompt_version: str | None = None,
     ) -> tuple[SimulationScorer, str]:
         """A scorer for planning only (dry runs): no model loaded, nothing contacted.
 
@@ -134,8 +150,20 @@ class SimulationScorer:
         stored in the run manifest decides `auto`, else chat-logprobs is assumed (the
         returned note says so).
         """
+        from neuroscribe.prompts.simulate import default_examples, simulation_style
+
         strategy, scale_max, note = _planned_strategy(spec, strategy, probe)
-        scorer = cls(None, spec=spec, strategy=strategy, scale_max=scale_max, n_examples=n_examples)
+        style = simulation_style(
+            prompt_version if strategy in ("exact", "prompt-logprobs") else SIMULATE_PROMPT_VERSION
+        )
+        scorer = cls(
+            None,
+            spec=spec,
+            strategy=strategy,
+            scale_max=scale_max,
+            n_examples=default_examples(style) if n_examples is None else n_examples,
+            prompt_version=style.version,
+        )
         return scorer, note
 
     def config(self) -> dict[str, Any]:
@@ -216,6 +244,7 @@ class SimulationScorer:
                 x.record.tokens,
                 self.scale_max,
                 self.n_examples,
+                self.prompt_version,
             )
             est = est + Estimate(1, p, c)
         return est

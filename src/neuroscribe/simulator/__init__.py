@@ -83,6 +83,9 @@ async def make_simulator(
         sim: Any = ExactSimulator.from_llm(llm, **options)
         scale_max = sim.scale_max
     else:
+        if chosen != "prompt-logprobs":
+            # The chat and JSON strategies have one prompt each (recorded as simulate-v1).
+            options.pop("prompt_version", None)
         scale_max = options.pop("scale_max", None)
         if scale_max is None:
             scale_max = scale_for(caps)

@@ -28,9 +28,11 @@ from neuroscribe.prompts import (
     build_json_simulation_messages,
     build_simulation_prompt,
 )
+from neuroscribe.prompts.simulate import default_examples, simulation_style
 from neuroscribe.schema import Usage
 from neuroscribe.scorer import digit_distribution, expected_value
-from neuroscribe.simulator.base import SimulatedExcerpt
+from neuroscribe.simulator.base import BaselineCache, SimulatedExcerpt
+from neuroscribe.simulator.readout import contrast, read_excerpt
 from neuroscribe.simulator.slots import find_echo_slots, find_generated_values
 
 TOP_LOGPROBS = 15
@@ -74,14 +76,14 @@ class _Base:
         llm: LLM,
         *,
         scale_max: int = 10,
-        n_examples: int = 2,
+        n_examples: int | None = 2,
         max_attempts: int = 2,
         max_prompt_tokens: int | None = None,
     ) -> None:
         self.llm = llm
         self.spec = llm.spec
         self.scale_max = scale_max
-        self.n_examples = n_examples
+        self.n_examples = 2 if n_examples is None else n_examples
         self.max_attempts = max_attempts
         self.max_prompt_tokens = max_prompt_tokens
         self.prompt_version = SIMULATE_PROMPT_VERSION
@@ -113,7 +115,46 @@ class _Base:
 
 
 class PromptLogprobSimulator(_Base):
+    """All at once from the prompt's own logprobs; any `SimulationStyle` (prompt version).
+
+    A style's readout and contrast are applied exactly as the exact simulator applies
+    them (`simulator.readout`), so both paths give the same numbers for the same model.
+    """
+
     strategy = "prompt-logprobs"
+
+    def __init__(self, llm: LLM, *, prompt_version: str | None = None, **kw: Any) -> None:
+        super().__init__(llm, **kw)
+        self.style = simulation_style(prompt_version)
+        self.prompt_version = self.style.version
+        if kw.get("n_examples") is None:
+            self.n_examples = default_examples(self.style)
+        self._baselines = BaselineCache()
+
+    async def simulate(
+        self, explanation: str, excerpts: Sequence[Sequence[str]]
+    ) -> list[SimulatedExcerpt]:
+        results = await super().simulate(explanation, excerpts)
+        if self.style.readout == "expected" and self.style.contrast is None:
+            return results
+        baseline: list[list[float | None]] | None = None
+        base_usage = Usage()
+        if self.style.contrast is not None:
+            baseline, base_usage = await self._baselines.aget_or_compute(excerpts, self._baseline)
+        for k, r in enumerate(results):
+            pred = read_excerpt(r.distributions or [], self.style.readout)
+            r.expected = contrast(pred, baseline[k]) if baseline is not None else pred
+        if results:
+            results[0].usage = results[0].usage.add(base_usage)
+        return results
+
+    async def _baseline(self, excerpts: Sequence[Sequence[str]]) -> tuple[list, Usage]:
+        assert self.style.contrast is not None
+        results = await super().simulate(self.style.contrast, excerpts)
+        usage = Usage()
+        for r in results:
+            usage = usage.add(r.usage)
+        return [read_excerpt(r.distributions or [], self.style.readout) for r in results], usage
 
     async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
         prompt = build_simulation_prompt(
@@ -122,6 +163,7 @@ class PromptLogprobSimulator(_Base):
             scale_max=self.scale_max,
             n_examples=self.n_examples,
             max_prompt_tokens=self.max_prompt_tokens,
+            version=self.prompt_version,
         )
         # max_tokens=1: llama.cpp reads 0 as "until the context is full".
         resp = await self.llm.complete(
@@ -131,7 +173,9 @@ class PromptLogprobSimulator(_Base):
         if not choice.prompt_tokens:
             raise OutputError("the endpoint returned no prompt logprobs (echo unsupported?)")
         try:
-            slots = find_echo_slots([t.token for t in choice.prompt_tokens], len(tokens))
+            slots = find_echo_slots(
+                [t.token for t in choice.prompt_tokens], len(tokens), slot_text=prompt.slot
+            )
             expected, dists = _read_distributions(
                 [choice.prompt_tokens[i] for i in slots], "prompt logprobs", self.scale_max
             )

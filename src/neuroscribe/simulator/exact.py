@@ -26,10 +26,12 @@ from typing import Any, Literal
 
 from neuroscribe.errors import ConfigError
 from neuroscribe.llm.local import LocalModel, ModelStore, load_local_model
-from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, UNKNOWN, PromptTooLong
+from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, PromptTooLong
 from neuroscribe.prompts import build_simulation_prompt as _build_prompt
+from neuroscribe.prompts.simulate import default_examples, simulation_style
 from neuroscribe.schema import Usage
-from neuroscribe.simulator.base import SimulatedExcerpt
+from neuroscribe.simulator.base import BaselineCache, SimulatedExcerpt
+from neuroscribe.simulator.readout import contrast, read_excerpt
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,25 @@ def value_token_ids(tokenizer: Any, scale_max: int | None = None) -> tuple[int, 
     return top, [p[0] for p in pieces[: top + 1]]
 
 
+def shared_len(tokenizer: Any, shared_text: str, prefix_ids: list[int]) -> int:
+    """How many leading ids of the prefix belong to its explanation-independent text.
+
+    The shared text is tokenised alone and compared with the full prefix's ids: where a
+    token straddles the boundary (BPE merges "\n" + "\n"), the shared part stops before
+    it, so reusing its KV cache gives exactly the ids of the full prompt.
+    """
+    if not shared_text:
+        return 0
+    alone = tokenizer(shared_text, add_special_tokens=True)["input_ids"]
+    n = 0
+    for a, b in zip(alone, prefix_ids, strict=False):
+        if a != b:
+            break
+        n += 1
+    # The last id of the text alone may be a piece the full prompt merges differently.
+    return max(0, min(n, len(alone) - 1))
+
+
 @dataclass
 class ExcerptIds:
     """One excerpt's part of the prompt: its rows and the suffix, as token ids."""
@@ -115,6 +136,8 @@ class SimulationIds:
     scale_max: int
     value_ids: list[int]
     n_examples: int
+    # The first `shared` prefix ids do not depend on the explanation (see `shared_len`).
+    shared: int = 0
 
 
 def build_simulation_ids(
@@ -123,8 +146,9 @@ def build_simulation_ids(
     excerpts: Sequence[Sequence[str]],
     *,
     max_prompt_tokens: int | None = None,
-    n_examples: int = 2,
+    n_examples: int | None = None,
     scale_max: int | None = None,
+    prompt_version: str | None = SIMULATE_PROMPT_VERSION,
 ) -> SimulationIds:
     """Token ids of every excerpt's prompt, sharing one prefix.
 
@@ -133,16 +157,23 @@ def build_simulation_ids(
     `PromptTooLong` is raised when even no examples is too long. Nothing is truncated.
     """
     scale_max, value_ids = value_token_ids(tokenizer, scale_max)
-    unknown_ids = encode_after(tokenizer, "\t", [f"{UNKNOWN}\n"])[0]
+    style = simulation_style(prompt_version)
+    if n_examples is None:
+        n_examples = default_examples(style)
+    unknown_ids = encode_after(tokenizer, "\t", [f"{style.slot}\n"])[0]
     longest = max((len(e) for e in excerpts), default=0)
     for k in range(n_examples, -1, -1):
-        prompts = [
-            _build_prompt(explanation, list(tokens), scale_max=scale_max, n_examples=k)
-            for tokens in excerpts
-        ]
+
+        def build(tokens: list[str], k: int = k):
+            return _build_prompt(
+                explanation, tokens, scale_max=scale_max, n_examples=k, version=style.version
+            )
+
+        prompts = [build(list(tokens)) for tokens in excerpts]
         if not prompts:
-            prompts = [_build_prompt(explanation, [], scale_max=scale_max, n_examples=k)]
+            prompts = [build([])]
         prefix = tokenizer(prompts[0].prefix, add_special_tokens=True)["input_ids"]
+        shared = shared_len(tokenizer, prompts[0].prefix[: prompts[0].shared_chars], prefix)
         # Tokenise each distinct row once (text repeats " the", ",", ... a lot).
         distinct = list(dict.fromkeys(p.row_head(i) for p in prompts for i in range(len(p.rows))))
         head_ids = dict(zip(distinct, encode_after(tokenizer, "\n", distinct), strict=True))
@@ -167,7 +198,7 @@ def build_simulation_ids(
                     k,
                     max_prompt_tokens,
                 )
-            return SimulationIds(prefix, parts, scale_max, value_ids, n_examples=k)
+            return SimulationIds(prefix, parts, scale_max, value_ids, n_examples=k, shared=shared)
     raise PromptTooLong(
         f"the simulation prompt for a {longest}-token excerpt needs {total} tokens even "
         f"without few-shot examples, over the limit of {max_prompt_tokens}"
@@ -236,14 +267,23 @@ def slot_logits_naive(model: Any, sim: SimulationIds) -> list[Any]:
     return out
 
 
-def prefix_cache(model: Any, prefix: list[int]) -> Any:
-    """Run the shared prefix once; its KV cache is reused for every excerpt."""
+def prefix_cache(model: Any, prefix: list[int], start: tuple[int, Any] | None = None) -> Any:
+    """Run the prefix once; its KV cache is reused for every excerpt.
+
+    `start` = (n, cache of prefix[:n]): continue from a cache of the first n ids (the
+    explanation-independent part every explanation shares) instead of recomputing them.
+    """
     import torch
 
     device = next(model.parameters()).device
+    past = None
+    rest = prefix
+    if start is not None and 0 < start[0] < len(prefix):
+        past = copy.deepcopy(start[1])
+        rest = prefix[start[0] :]
     with torch.inference_mode():
         return model.base_model(
-            input_ids=torch.tensor([prefix], device=device), use_cache=True
+            input_ids=torch.tensor([rest], device=device), past_key_values=past, use_cache=True
         ).past_key_values
 
 
@@ -281,11 +321,17 @@ def batch_forward(
 
 
 def slot_logits_cached(
-    model: Any, sim: SimulationIds, *, batch_size: int = 8, plain_head: bool | None = None
+    model: Any,
+    sim: SimulationIds,
+    *,
+    batch_size: int = 8,
+    plain_head: bool | None = None,
+    shared: tuple[int, Any] | None = None,
 ) -> list[Any]:
     """Value logits per slot: prefix once, then excerpts in batches on its KV cache.
 
     `plain_head`: the remembered `head_is_plain_linear(model)` (checked now if None).
+    `shared`: (n, KV cache of sim.prefix[:n]) to start the prefix from.
     """
     import torch
 
@@ -293,7 +339,7 @@ def slot_logits_cached(
         return [torch.zeros((0, len(sim.value_ids))) for _ in sim.excerpts]
     plain = head_is_plain_linear(model) if plain_head is None else plain_head
     weight, bias = _value_head(model, sim.value_ids)
-    cache = prefix_cache(model, sim.prefix)
+    cache = prefix_cache(model, sim.prefix, shared)
     # Tokens after an excerpt's last slot cannot change any slot (causal attention).
     trimmed = [ExcerptIds(p.ids[: p.slots[-1] + 1], p.slots) for p in sim.excerpts if p.slots]
     index = [k for k, p in enumerate(sim.excerpts) if p.slots]
@@ -325,16 +371,20 @@ def slot_logits_cached(
 
 
 def to_simulated(
-    sim: SimulationIds, logits: Sequence[Any], *, cached: bool
+    sim: SimulationIds, logits: Sequence[Any], *, cached: bool, prefix_tokens: int | None = None
 ) -> list[SimulatedExcerpt]:
-    """Renormalised value distributions and their expected values, with token usage."""
+    """Renormalised value distributions and their expected values, with token usage.
+
+    `prefix_tokens`: prefix ids actually computed (fewer when a shared part was reused).
+    """
     import torch
 
     values = torch.arange(sim.scale_max + 1, dtype=torch.float32)
     results = []
     for k, value_logits in enumerate(logits):
         probs = torch.softmax(value_logits, dim=-1)
-        computed = len(sim.excerpts[k].ids) + (len(sim.prefix) if not cached or k == 0 else 0)
+        prefix = len(sim.prefix) if prefix_tokens is None or not cached else prefix_tokens
+        computed = len(sim.excerpts[k].ids) + (prefix if not cached or k == 0 else 0)
         results.append(
             SimulatedExcerpt(
                 expected=(probs @ values).tolist(),
@@ -368,19 +418,22 @@ class ExactSimulator:
         loaded: LocalModel | None = None,
         store: ModelStore | None = None,
         batch_size: int | None = None,
-        n_examples: int = 2,
+        n_examples: int | None = None,
         max_prompt_tokens: int | None = None,
         scale_max: int | None = None,
         mode: Mode = "cached",
+        prompt_version: str | None = None,
     ):
         if mode not in ("cached", "naive"):
             raise ConfigError(f"unknown exact simulation mode {mode!r}: use cached or naive")
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.spec = spec
-        self.prompt_version = SIMULATE_PROMPT_VERSION
+        self.style = simulation_style(prompt_version)
+        self.prompt_version = self.style.version
         self._batch_size = batch_size
-        self.n_examples = n_examples
+        self.n_examples = default_examples(self.style) if n_examples is None else n_examples
+        self._baselines = BaselineCache()
         self.max_prompt_tokens = max_prompt_tokens
         self._scale_max = scale_max
         self.mode: Mode = mode
@@ -422,10 +475,10 @@ class ExactSimulator:
         limits = [x for x in (self.max_prompt_tokens, context) if x is not None]
         return min(limits) if limits else None
 
-    def simulate_sync(
+    def _simulate_raw(
         self, explanation: str, excerpts: Sequence[Sequence[str]]
     ) -> list[SimulatedExcerpt]:
-        """The blocking version of `simulate` (holds the model's lock)."""
+        """Distributions (and expected values) under the prompt, holding the model's lock."""
         loaded = self.loaded
         sim = build_simulation_ids(
             loaded.tokenizer,
@@ -434,18 +487,67 @@ class ExactSimulator:
             max_prompt_tokens=self.prompt_limit(),
             n_examples=self.n_examples,
             scale_max=self._scale_max,
+            prompt_version=self.prompt_version,
         )
+        shared = None
         with loaded.lock:
             if self.mode == "naive" or not supports_cached(loaded.model):
                 logits = slot_logits_naive(loaded.model, sim)
             else:
                 plain = loaded.remember("plain_head", lambda: head_is_plain_linear(loaded.model))
+                shared = self._shared_cache(loaded, sim)
                 logits = slot_logits_cached(
-                    loaded.model, sim, batch_size=self.batch_size, plain_head=plain
+                    loaded.model, sim, batch_size=self.batch_size, plain_head=plain, shared=shared
                 )
         return to_simulated(
-            sim, logits, cached=self.mode == "cached" and supports_cached(loaded.model)
+            sim,
+            logits,
+            cached=self.mode == "cached" and supports_cached(loaded.model),
+            prefix_tokens=len(sim.prefix) - (shared[0] if shared else 0),
         )
+
+    def _shared_cache(self, loaded: LocalModel, sim: SimulationIds) -> tuple[int, Any] | None:
+        """The KV cache of the explanation-independent prefix, computed once per model and
+        prompt (instructions and few-shot units are the same for every explanation)."""
+        n = sim.shared
+        if n < 16:
+            return None
+        ids = tuple(sim.prefix[:n])
+        key = f"sim-shared:{hash(ids)}"
+        memo = loaded.remember("sim-shared", dict)
+        hit = memo.get(key)
+        if hit is None or hit[0] != ids:
+            if len(memo) >= 8:  # a handful of prompt versions/scales at most
+                memo.clear()
+            hit = memo[key] = (ids, prefix_cache(loaded.model, list(ids)))
+        return n, hit[1]
+
+    def simulate_sync(
+        self, explanation: str, excerpts: Sequence[Sequence[str]]
+    ) -> list[SimulatedExcerpt]:
+        """The blocking version of `simulate`: the style's readout, minus its contrast."""
+        results = self._simulate_raw(explanation, excerpts)
+        if self.style.readout == "expected" and self.style.contrast is None:
+            return results
+        base_usage = Usage()
+        baseline: list[list[float | None]] | None = None
+        if self.style.contrast is not None:
+            baseline, base_usage = self._baselines.get_or_compute(excerpts, self._baseline)
+        for k, r in enumerate(results):
+            pred = read_excerpt(r.distributions or [], self.style.readout)
+            r.expected = contrast(pred, baseline[k]) if baseline is not None else pred
+        if results:
+            results[0].usage = results[0].usage.add(base_usage)
+        return results
+
+    def _baseline(self, excerpts: Sequence[Sequence[str]]) -> tuple[list, Usage]:
+        """The contrast explanation's predictions on `excerpts`, and what they cost."""
+        assert self.style.contrast is not None
+        results = self._simulate_raw(self.style.contrast, excerpts)
+        usage = Usage()
+        for r in results:
+            usage = usage.add(r.usage)
+        return [read_excerpt(r.distributions or [], self.style.readout) for r in results], usage
 
     async def simulate(
         self, explanation: str, excerpts: Sequence[Sequence[str]]

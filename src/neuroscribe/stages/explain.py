@@ -104,7 +104,8 @@ class ExplainStage(StageBase):
                 stage=self.name,
                 unit_id=item.unit_id,
                 sample_index=sample,
-                reason=f"no usable explanation after {out.attempts} attempts",
+                reason=f"no usable explanation after {out.attempts} attempts"
+                + (f": {out.reasons[sample]}" if sample in out.reasons else ""),
                 raw=raw,
                 attempts=out.attempts,
                 config_hash=h,
