@@ -15,6 +15,13 @@ from servers import FaultProxy, LlamaServer, llama_server_available, start_llama
 SERVER_KEY = "sk-neuroscribe-test-SECRET-7f3a9c"  # distinctive, to grep for leaks
 
 
+@pytest.fixture(autouse=True)
+def _own_check_store(tmp_path_factory, monkeypatch) -> None:
+    """Simulator check results go to a per-test folder, never the user's cache: a check
+    saved by one test (or by the user) must not change what `run` or `compare` show."""
+    monkeypatch.setenv("NEUROSCRIBE_CHECKS", str(tmp_path_factory.mktemp("checks")))
+
+
 def _start(**kwargs: object) -> LlamaServer:
     reason = llama_server_available()
     if reason:

@@ -2,7 +2,8 @@
 
 A simulator check is keyed by what changes its outcome: the simulator spec, strategy,
 prompt version and the suite's content. Reports are JSON files under
-`<cache>/checks/` (`$NEUROSCRIBE_CACHE`, default `~/.cache/neuroscribe`); `find_check`
+`<cache>/checks/` (`$NEUROSCRIBE_CACHE`, default `~/.cache/neuroscribe`; or
+`$NEUROSCRIBE_CHECKS`); `find_check`
 returns the newest one for a simulator configuration, preferring the test split.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from neuroscribe.jsonl import write_text_atomic
 
 
 def checks_dir() -> Path:
-    return cache_root() / "checks"
+    """`$NEUROSCRIBE_CHECKS`, else `<cache>/checks`."""
+    override = os.environ.get("NEUROSCRIBE_CHECKS")
+    return Path(override) if override else cache_root() / "checks"
 
 
 def check_key(simulator: str, strategy: str, prompt_version: str) -> str:
