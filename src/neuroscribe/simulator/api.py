@@ -32,7 +32,7 @@ from neuroscribe.prompts.simulate import default_examples, simulation_style
 from neuroscribe.schema import Usage
 from neuroscribe.scorer import digit_distribution, expected_value
 from neuroscribe.simulator.base import BaselineCache, SimulatedExcerpt
-from neuroscribe.simulator.readout import contrast, read_excerpt
+from neuroscribe.simulator.readout import apply_style, readouts
 from neuroscribe.simulator.slots import find_echo_slots, find_generated_values
 
 TOP_LOGPROBS = 15
@@ -141,20 +141,11 @@ class PromptLogprobSimulator(_Base):
         base_usage = Usage()
         if self.style.contrast is not None:
             baseline, base_usage = await self._baselines.aget_or_compute(excerpts, self._baseline)
-        for k, r in enumerate(results):
-            pred = read_excerpt(r.distributions or [], self.style.readout)
-            r.expected = contrast(pred, baseline[k]) if baseline is not None else pred
-        if results:
-            results[0].usage = results[0].usage.add(base_usage)
-        return results
+        return apply_style(results, self.style.readout, baseline, base_usage)
 
     async def _baseline(self, excerpts: Sequence[Sequence[str]]) -> tuple[list, Usage]:
         assert self.style.contrast is not None
-        results = await super().simulate(self.style.contrast, excerpts)
-        usage = Usage()
-        for r in results:
-            usage = usage.add(r.usage)
-        return [read_excerpt(r.distributions or [], self.style.readout) for r in results], usage
+        return readouts(await super().simulate(self.style.contrast, excerpts), self.style.readout)
 
     async def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> SimulatedExcerpt:
         prompt = build_simulation_prompt(

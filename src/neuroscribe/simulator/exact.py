@@ -31,7 +31,7 @@ from neuroscribe.prompts import build_simulation_prompt as _build_prompt
 from neuroscribe.prompts.simulate import default_examples, simulation_style
 from neuroscribe.schema import Usage
 from neuroscribe.simulator.base import BaselineCache, SimulatedExcerpt
-from neuroscribe.simulator.readout import contrast, read_excerpt
+from neuroscribe.simulator.readout import apply_style, readouts
 
 log = logging.getLogger(__name__)
 
@@ -533,21 +533,12 @@ class ExactSimulator:
         baseline: list[list[float | None]] | None = None
         if self.style.contrast is not None:
             baseline, base_usage = self._baselines.get_or_compute(excerpts, self._baseline)
-        for k, r in enumerate(results):
-            pred = read_excerpt(r.distributions or [], self.style.readout)
-            r.expected = contrast(pred, baseline[k]) if baseline is not None else pred
-        if results:
-            results[0].usage = results[0].usage.add(base_usage)
-        return results
+        return apply_style(results, self.style.readout, baseline, base_usage)
 
     def _baseline(self, excerpts: Sequence[Sequence[str]]) -> tuple[list, Usage]:
         """The contrast explanation's predictions on `excerpts`, and what they cost."""
         assert self.style.contrast is not None
-        results = self._simulate_raw(self.style.contrast, excerpts)
-        usage = Usage()
-        for r in results:
-            usage = usage.add(r.usage)
-        return [read_excerpt(r.distributions or [], self.style.readout) for r in results], usage
+        return readouts(self._simulate_raw(self.style.contrast, excerpts), self.style.readout)
 
     async def simulate(
         self, explanation: str, excerpts: Sequence[Sequence[str]]

@@ -7,8 +7,13 @@ same prompt version gives the same numbers on both paths for the same model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from neuroscribe.errors import ConfigError
+from neuroscribe.schema import Usage
+
+if TYPE_CHECKING:
+    from neuroscribe.simulator.base import SimulatedExcerpt
 
 READOUTS = ("expected", "p-active")
 
@@ -51,3 +56,27 @@ def contrast(
         else:
             out.append(max(0.0, p - b) if clip else p - b)
     return out
+
+
+def readouts(results: Sequence[SimulatedExcerpt], readout: str) -> tuple[list, Usage]:
+    """Every excerpt's readout, and what simulating them cost (a contrast baseline)."""
+    usage = Usage()
+    for r in results:
+        usage = usage.add(r.usage)
+    return [read_excerpt(r.distributions or [], readout) for r in results], usage
+
+
+def apply_style(
+    results: list[SimulatedExcerpt],
+    readout: str,
+    baseline: Sequence[Sequence[float | None]] | None,
+    baseline_usage: Usage,
+) -> list[SimulatedExcerpt]:
+    """Replace each excerpt's expected values by the style's readout (minus the baseline);
+    the baseline's cost is charged to the first excerpt. One function for both paths."""
+    for k, r in enumerate(results):
+        pred = read_excerpt(r.distributions or [], readout)
+        r.expected = contrast(pred, baseline[k]) if baseline is not None else pred
+    if results:
+        results[0].usage = results[0].usage.add(baseline_usage)
+    return results
