@@ -113,10 +113,13 @@ def test_publish_round_trips_through_jsonl_parquet_and_datasets(run_dir, tmp_pat
 
     from datasets import load_dataset
 
-    ds = load_dataset(str(out), split="train")
+    # A cache of its own: `datasets` keys its cache by folder name, not content, so a
+    # cache from an earlier run with other columns would be read back instead.
+    cache = str(tmp_path / "hf-cache")
+    ds = load_dataset(str(out), split="train", cache_dir=cache)
     assert ds.num_rows == 6
     assert _canon(ds.to_list()) == _canon(jsonl_rows)
-    recs = load_dataset(str(out), "records", split="train")
+    recs = load_dataset(str(out), "records", split="train", cache_dir=cache)
     assert sorted(recs["unit_id"]) == sorted(SCORES)
     # The records file is our NeuronRecord schema (OpenAI's field names).
     assert len(read_jsonl(out / "records.jsonl", NeuronRecord)) == 3
@@ -304,3 +307,45 @@ def test_v1_scores_publish_identically(tmp_path):
         assert (tmp_path / "ds-v1" / f).read_text() == (tmp_path / "ds-v2" / f).read_text()
     a = pq.read_table(tmp_path / "ds-v1" / "explanations.parquet")
     assert a.equals(pq.read_table(tmp_path / "ds-v2" / "explanations.parquet"))
+
+
+def test_every_row_carries_its_provenance(tmp_path):
+    from test_neuronpedia import sae_run
+
+    run = sae_run(tmp_path)
+    out = tmp_path / "ds"
+    publish_run(load_run(run), out, openai_layout=True)
+    df = pd.read_parquet(out / "explanations.parquet")
+    assert len(df) == 4
+    for _, r in df.iterrows():
+        assert r["schema_version"] == 2 and r["package_version"] == "0.1.0"
+        assert (r["unit_type"], r["module"], r["hook"]) == ("sae", "model.layers.6", "output")
+        assert r["hook_name"] == "blocks.6.hook_resid_post"
+        assert r["sae_id"] == "blocks.6.hook_resid_post" and r["seed"] == 7
+        p = json.loads(r["provenance"])
+        assert (p["explainer"], p["explain_prompt_version"]) == (r["explainer"], "explain-v1")
+        assert (p["simulator"], p["simulate_prompt_version"]) == ("sim-x", "sim-v1")
+        assert p["simulation_strategy"] == "all_at_once" and p["explainer_method"] == "token-rows"
+        assert p["splits"] == {"n_train": 2, "n_test_top": 1, "n_test_random": 1}
+        assert p["sampler"]["n_top"] == 4 and p["sampler"]["corpus"]["spec"] == "builtin"
+        assert p["subject_model"] == "HuggingFaceTB/SmolLM2-135M"
+        assert p["unit"]["sae_layout"] == "saelens" and p["unit"]["layer"] == "6:sae:res"
+        assert p["scorers"] == {"simulation": {"model": "sim-x", "prompt_version": "sim-v1"}}
+    # OpenAI's documents stay exactly OpenAI's; the provenance sits beside them.
+    side = json.loads((out / "openai" / "provenance.json").read_text())
+    assert side["provenance"]["seed"] == 7
+    assert side["layers"]["6:sae:res"]["sae_id"] == "blocks.6.hook_resid_post"
+    doc = json.loads((out / "openai" / "explanations" / "6%3Asae%3Ares" / "2.jsonl").read_text())
+    assert set(doc) == {"dataclass_name", "neuron_id", "scored_explanations"}
+    card = (out / "README.md").read_text()
+    assert "## Provenance" in card and "SAE blocks.6.hook_resid_post" in card
+
+
+def test_a_run_without_a_manifest_record_stage_has_empty_provenance_fields(run_dir):
+    rows = build_rows(load_run(run_dir))
+    assert {(r.unit_type, r.sae_id, r.seed, r.package_version) for r in rows} == {
+        (None, None, None, None)
+    }
+    p = json.loads(rows[0].provenance)
+    assert p["explainer"] == "explainer-a" and p["simulator"] == "sim-x"
+    assert p["unit"]["layer_index"] == int(rows[0].layer)

@@ -8,6 +8,18 @@
       records.parquet       the same records, for `load_dataset(out, "records")`
       openai/explanations/<layer>/<index>.jsonl
                             with `openai_layout`: OpenAI's NeuronSimulationResults per neuron
+      openai/provenance.json
+                            with `openai_layout`: the run's provenance (OpenAI's documents
+                            have no field for it)
+
+With `format="neuronpedia"` the folder holds Neuronpedia's import layout instead (see
+`neuroscribe.neuronpedia`).
+
+Every published row carries its provenance (`Provenance`): explainer and simulator
+models, prompt versions, split and sampler settings, seed, package version, subject
+model, layer, hook and SAE. It is built once per run (`RunProvenance`) from the
+manifest and the rows' own fields, then shared by every row of the same layer and
+explainer/simulator set-up.
 
 The folder is written into a temporary sibling folder and moved into place only when
 everything is written, so a failure leaves no half-written folder behind. Paths built
@@ -25,8 +37,9 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
 
 import pandas as pd
@@ -38,9 +51,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from neuroscribe.compare import REFERENCE_SCORER, default_scorer
 from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
 from neuroscribe.jsonl import append_jsonl
+from neuroscribe.provenance import (
+    PUBLISHED_SCHEMA_VERSION,
+    RunProvenance,
+    UnitSourceProvenance,
+    run_provenance,
+)
 from neuroscribe.rundir import Run, split_unit_id
 from neuroscribe.schema import Score, SequenceSimulation
 from neuroscribe.scorer import correlation
+
+PublishFormat = Literal["hf", "neuronpedia"]
+FORMATS: tuple[str, ...] = ("hf", "neuronpedia")
 
 
 class PublishedExplanation(BaseModel):
@@ -73,6 +95,16 @@ class PublishedExplanation(BaseModel):
     strategy: str | None
     prompt_version: str | None  # the prompt the primary score was computed with
     flags: list[str]  # the primary scorer's flags; another scorer's as "<scorer>:<flag>"
+    # Provenance (schema 2): the most-filtered fields as columns, everything as JSON.
+    schema_version: int = PUBLISHED_SCHEMA_VERSION
+    package_version: str | None = None  # the neuroscribe version that made the run
+    unit_type: str | None = None
+    module: str | None = None
+    hook: str | None = None
+    hook_name: str | None = None
+    sae_id: str | None = None
+    seed: int | None = None
+    provenance: str = ""  # a `Provenance` as one JSON document
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -100,6 +132,15 @@ _BASE_TYPES: dict[str, pa.DataType] = {
     "strategy": pa.string(),
     "prompt_version": pa.string(),
     "flags": pa.list_(pa.string()),
+    "schema_version": pa.int64(),
+    "package_version": pa.string(),
+    "unit_type": pa.string(),
+    "module": pa.string(),
+    "hook": pa.string(),
+    "hook_name": pa.string(),
+    "sae_id": pa.string(),
+    "seed": pa.int64(),
+    "provenance": pa.string(),
 }
 
 
@@ -162,6 +203,8 @@ class PublishResult:
     n_rows: int
     n_units: int
     files: list[Path]
+    format: str = "hf"
+    counts: dict[str, int] = field(default_factory=dict)  # rows per file kind (neuronpedia)
 
 
 def validate_for_publish(run: Run, allow_failures: bool = False) -> None:
@@ -198,12 +241,15 @@ def _headline(s: Score | None) -> float | None:
     return None if s is None else s.metrics.get(s.primary_metric)
 
 
-def build_rows(run: Run) -> list[PublishedExplanation]:
+def build_rows(run: Run, provenance: RunProvenance | None = None) -> list[PublishedExplanation]:
     """One row per explanation (latest line wins), joined with its scores and unit record.
 
     Every row has every score column of `metric_columns(run)` (None where that scorer
-    did not score it), so the Parquet table has one typed column per metric.
+    did not score it), so the Parquet table has one typed column per metric, and the
+    provenance of its layer and set-up (`provenance`, built once when not given).
     """
+    prov = provenance or run_provenance(run)
+    sims = {s.explanation_id: s for s in run.latest_scores(REFERENCE_SCORER)}
     records = run.records_by_unit()
     primary = primary_scorer(run)
     columns = metric_columns(run)
@@ -234,11 +280,14 @@ def build_rows(run: Run) -> list[PublishedExplanation]:
         metrics = {
             c.name: _value(by_scorer[c.scorer].get(e.explanation_id), c.metric) for c in columns
         }
+        layer_name = str(layer) if layer != "" else None
+        p = prov.for_row(layer_name, e.explainer, e.prompt_version, sims.get(e.explanation_id))
+        unit = p.unit or UnitSourceProvenance(layer="")
         rows.append(
             PublishedExplanation(
                 unit_id=e.unit_id,
                 model=model or None,
-                layer=str(layer) if layer != "" else None,
+                layer=layer_name,
                 index=int(index) if str(index).lstrip("-").isdigit() else None,
                 explanation_id=e.explanation_id,
                 sample_index=e.sample_index,
@@ -253,6 +302,14 @@ def build_rows(run: Run) -> list[PublishedExplanation]:
                 strategy=s.strategy if s else None,
                 prompt_version=s.prompt_version if s else None,
                 flags=flags,
+                package_version=p.package_version,
+                unit_type=unit.unit_type,
+                module=unit.module,
+                hook=unit.hook,
+                hook_name=unit.hook_name,
+                sae_id=unit.sae_id,
+                seed=p.seed,
+                provenance=prov.text(p),
                 **metrics,
             )
         )
@@ -387,8 +444,37 @@ def _column_notes(run: Run, columns: list[MetricColumn]) -> list[tuple[str, str]
     return out
 
 
+def _provenance_lines(prov: RunProvenance) -> list[str]:
+    b = prov.base
+
+    def show(v: Any) -> str:
+        return "n/a" if v is None else f"`{v}`" if not isinstance(v, dict) else f"`{json.dumps(v)}`"
+
+    lines = [
+        f"- made with neuroscribe {show(b.package_version)}, published with {show(b.published_with)}",
+        f"- subject model: {show(b.subject_model)} (revision {show(b.subject_revision)})",
+        f"- explainer: {show(b.explainer)}, prompt {show(b.explain_prompt_version)}",
+        f"- simulator: {show(b.simulator)}, prompt {show(b.simulate_prompt_version)}, "
+        f"strategy {show(b.simulation_strategy)}",
+        f"- splits: {show(b.splits)}",
+        f"- sampler: {show(b.sampler)}, seed {show(b.seed)}",
+    ]
+    for src in prov.sources.values():
+        where = f"{src.module or '?'} ({src.hook or '?'})"
+        if src.hook_name:
+            where += f", hook {src.hook_name}"
+        if src.sae_id:
+            where += f", SAE {src.sae_id}"
+        lines.append(f"- layer `{src.layer}`: {src.unit_type or 'units'} at {where}")
+    return lines
+
+
 def dataset_card(
-    run: Run, rows: list[PublishedExplanation], license: str, with_records: bool
+    run: Run,
+    rows: list[PublishedExplanation],
+    license: str,
+    with_records: bool,
+    provenance: RunProvenance | None = None,
 ) -> str:
     """README.md with YAML front matter that `datasets` and the Hub read."""
     n_units = len({r.unit_id for r in rows})
@@ -468,6 +554,7 @@ columns named `<scorer>_<metric>`.
 """
     column_rows = "\n".join(f"| {name} | {note} |" for name, note in _column_notes(run, columns))
     manifest = run.manifest.model_dump(mode="json") if run.manifest else {}
+    provenance_lines = "\n".join(_provenance_lines(provenance or run_provenance(run)))
     body = f"""
 # Explanations of {", ".join(models) or "model"} units
 
@@ -499,6 +586,16 @@ df = pd.read_parquet("explanations.parquet")
 | explainer, explainer_prompt_version | who wrote the explanation, with which prompt |
 | scorer, simulator, strategy, prompt_version | the primary scorer, its model and settings |
 | flags | scorer warnings (e.g. constant prediction); another scorer's as `scorer:flag` |
+| schema_version | the version of this row layout ({PUBLISHED_SCHEMA_VERSION}) |
+| package_version | the neuroscribe version that made the run |
+| unit_type, module, hook, hook_name | where the unit was read: unit type, hooked module, its input or output, the TransformerLens hook name |
+| sae_id | the sparse autoencoder the unit is a latent of (empty for neurons) |
+| seed | the recording seed |
+| provenance | everything above and more as one JSON document: explainer and simulator models, explain and simulate prompt versions, simulation strategy, every scorer's model and prompt, split and sampler settings, subject model and revision |
+
+## Provenance
+
+{provenance_lines}
 
 ## Run manifest
 
@@ -561,6 +658,7 @@ def _write_folder(
     with_records: bool,
     openai_layout: bool,
     license: str,
+    provenance: RunProvenance,
 ) -> list[Path]:
     """Write every file of the dataset folder into `out` (a fresh folder); returns them."""
     files = []
@@ -604,11 +702,29 @@ def _write_folder(
             # One JSON document on one line, as in OpenAI's public files.
             p.write_text(json.dumps(doc, allow_nan=False) + "\n", encoding="utf-8")
             files.append(p)
+        # OpenAI's documents have no field for provenance (their loaders take only known
+        # fields), so it sits beside them: the run's, and each layer's hook point.
+        side = out / "openai" / "provenance.json"
+        side.write_text(
+            json.dumps(openai_provenance(provenance), indent=2, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
+        files.append(side)
 
     card = out / "README.md"
-    card.write_text(dataset_card(run, rows, license, with_records), encoding="utf-8")
+    text = dataset_card(run, rows, license, with_records, provenance)
+    card.write_text(text, encoding="utf-8")
     files.append(card)
     return files
+
+
+def openai_provenance(prov: RunProvenance) -> dict[str, Any]:
+    """openai/provenance.json: the run's provenance and each layer's source."""
+    return {
+        "schema_version": PUBLISHED_SCHEMA_VERSION,
+        "provenance": prov.base.model_dump(mode="json", exclude={"unit"}),
+        "layers": {k: v.model_dump(mode="json") for k, v in prov.sources.items()},
+    }
 
 
 def _move_into_place(run: Run, tmp: Path, out: Path, files: list[Path]) -> list[Path]:
@@ -647,34 +763,64 @@ def publish_run(
     allow_failures: bool = False,
     license: str = "cc-by-4.0",
     overwrite: bool = False,
+    format: PublishFormat = "hf",
+    neuronpedia: Any = None,
 ) -> PublishResult:
     """Validate the run and write the dataset folder; returns what was written.
 
-    Everything is written into a temporary sibling folder first and moved into `out`
-    only once complete: on any failure `out` is as it was (a rerun is not blocked).
-    With `overwrite`, files of the same name in `out` are replaced; others are kept.
+    `format="hf"` (the default) writes the dataset folder above; `"neuronpedia"` writes
+    Neuronpedia's import layout (`neuroscribe.neuronpedia`), with `neuronpedia` a
+    `NeuronpediaOptions` (None: the defaults). Everything is written into a temporary
+    sibling folder first and moved into `out` only once complete: on any failure `out`
+    is as it was (a rerun is not blocked). With `overwrite`, files of the same name in
+    `out` are replaced; others are kept.
     """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown publish format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "neuronpedia" and (with_records or openai_layout):
+        flag = "--with-records" if with_records else "--openai-layout"
+        raise ConfigError(f"{flag} belongs to the default format, not --format neuronpedia")
+    if format != "neuronpedia" and neuronpedia is not None:
+        raise ConfigError("Neuronpedia options (--np-...) need --format neuronpedia")
     out = Path(out)
     validate_for_publish(run, allow_failures=allow_failures)
     _check_out(run, out, overwrite)
-    rows = build_rows(run)
+    provenance = run_provenance(run)
+    rows = build_rows(run, provenance)
+    counts: dict[str, int] = {}
+    export = None
+    if format == "neuronpedia":
+        from neuroscribe import neuronpedia as np_export
+
+        # Built (and checked) before anything is written.
+        export = np_export.build_export(run, rows, provenance, neuronpedia)
+        counts = export.counts()
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.resolve().name}.publish-", dir=parent))
     try:
-        written = _write_folder(
-            run,
-            tmp,
-            rows,
-            with_records=with_records,
-            openai_layout=openai_layout,
-            license=license,
-        )
+        if export is not None:
+            written = np_export.write_export(export, tmp)
+        else:
+            written = _write_folder(
+                run,
+                tmp,
+                rows,
+                with_records=with_records,
+                openai_layout=openai_layout,
+                license=license,
+                provenance=provenance,
+            )
         files = _move_into_place(run, tmp, out, written)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PublishResult(
-        out=out, n_rows=len(rows), n_units=len({r.unit_id for r in rows}), files=files
+        out=out,
+        n_rows=len(rows),
+        n_units=len({r.unit_id for r in rows}),
+        files=files,
+        format=format,
+        counts=counts,
     )
 
 

@@ -29,18 +29,26 @@ def record(
         128, min=0, help="With --units all: keep the first N units per hook point (N ≥ 0; 0 = all)."
     ),
     unit_type: str = typer.Option(
-        "mlp", help="mlp (MLP neurons), module (any module by path) or sae."
+        None,
+        help="mlp (MLP neurons, the default), module (any module by path) or sae (implied by --sae).",
     ),
     module: str = typer.Option(
         None,
         help="Module path for --unit-type module/sae, relative to the block ('self_attn.o_proj') or with {layer}.",
     ),
-    hook: str = typer.Option("output", help="Record the module's input or output."),
+    hook: str = typer.Option(None, help="Record the module's input or output (default: output)."),
     sae: Path = typer.Option(
-        None, help="SAE weights (safetensors: W_enc, b_enc, b_dec, optional threshold)."
+        None,
+        help="SAE or transcoder: a SAELens or sparsify folder, Gemma Scope params.npz, or a "
+        "safetensors file. A folder's config says the layer and hook.",
     ),
     sae_k: int = typer.Option(
-        None, min=1, help="TopK SAE: keep the k largest latents per token (k ≥ 1)."
+        None, min=1, help="TopK for a bare SAE file: keep the k largest latents per token (k ≥ 1)."
+    ),
+    sae_hook: str = typer.Option(
+        None,
+        help="Read the SAE's input here instead of where its files say: a TransformerLens "
+        "name (blocks.8.hook_resid_pre) or a module path.",
     ),
     corpus: str = typer.Option(
         "builtin",
@@ -81,6 +89,9 @@ def record(
             last[0] = pct - pct % 10
             console.print(f"recorded {p.tokens:,} tokens ({pct}%)", highlight=False)
 
+    # Only options given on the command line: an SAE folder's own layer and hook must
+    # agree with them, while defaults give way to it.
+    given = {"unit_type": unit_type, "module": module, "hook": hook}
     summary = record_run(
         out,
         progress=progress,
@@ -91,11 +102,10 @@ def record(
         layers=layer_list,
         units=units,
         max_units=max_units or None,
-        unit_type=unit_type,
-        module=module,
-        hook=hook,
+        **{k: v for k, v in given.items() if v is not None},
         sae=str(sae) if sae else None,
         sae_k=sae_k,
+        sae_hook=sae_hook,
         corpus=corpus,
         text_column=text_column,
         split=split,

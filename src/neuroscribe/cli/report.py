@@ -125,9 +125,39 @@ def publish_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Dataset folder to write (not a file, not inside the run)."
     ),
+    format_: str = typer.Option(
+        "hf",
+        "--format",
+        help="hf: JSONL + Parquet + dataset card; neuronpedia: Neuronpedia's import batches.",
+    ),
     with_records: bool = typer.Option(False, "--with-records", help="Include the records."),
     openai_layout: bool = typer.Option(
         False, "--openai-layout", help="Also write OpenAI's explanations/<layer>/<index>.jsonl."
+    ),
+    np_model_id: str | None = typer.Option(
+        None,
+        "--np-model-id",
+        help="Neuronpedia model id (default: from the subject model, e.g. smollm2-135m).",
+    ),
+    np_source_id: str | None = typer.Option(
+        None,
+        "--np-source-id",
+        help="Neuronpedia source id or template, e.g. '{layer}-res-jb' (default: "
+        "'{layer}' for neurons, '{layer}-neuroscribe-sae' for SAE latents).",
+    ),
+    np_creator_id: str | None = typer.Option(
+        None, "--np-creator-id", help="Neuronpedia user id credited as author and creator."
+    ),
+    np_creator_name: str | None = typer.Option(
+        None, "--np-creator-name", help="Creator name on the source set (default: neuroscribe)."
+    ),
+    np_batch_size: int | None = typer.Option(
+        None, "--np-batch-size", min=1, help="Rows per batch file (default 1024)."
+    ),
+    np_gzip: bool | None = typer.Option(
+        None,
+        "--np-gzip/--np-no-gzip",
+        help="Gzip the batch files (default; Neuronpedia's importer reads only .jsonl.gz).",
     ),
     allow_failures: bool = typer.Option(
         False, "--allow-failures", help="Publish even if failures.jsonl has entries."
@@ -139,10 +169,29 @@ def publish_cmd(
     ),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
 ) -> None:
-    """Write a dataset folder (JSONL + Parquet + dataset card) from a run."""
-    from neuroscribe.publish import publish_run, push_folder_to_hub
+    """Write a dataset folder (JSONL + Parquet + dataset card, or Neuronpedia's batches)."""
+    from neuroscribe.publish import FORMATS, publish_run, push_folder_to_hub
     from neuroscribe.rundir import load_run
 
+    if format_ not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {format_!r}")
+    given = {
+        "model_id": np_model_id,
+        "source_id": np_source_id,
+        "creator_id": np_creator_id,
+        "creator_name": np_creator_name,
+        "batch_size": np_batch_size,
+        "gzip": np_gzip,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    options = None
+    if format_ == "neuronpedia":
+        from neuroscribe.neuronpedia import NeuronpediaOptions
+
+        options = NeuronpediaOptions(**given)
+    elif given:
+        flags = ", ".join("--np-" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags}: Neuronpedia options need --format neuronpedia")
     result = publish_run(
         load_run(run),
         out,
@@ -151,12 +200,30 @@ def publish_cmd(
         allow_failures=allow_failures,
         license=license_,
         overwrite=overwrite,
+        format=format_,  # type: ignore[arg-type]
+        neuronpedia=options,
     )
     console.print(
         f"wrote {result.n_rows} explanations of {result.n_units} units to {out}",
         markup=False,
         highlight=False,
     )
+    if result.format == "neuronpedia":
+        c = result.counts
+        console.print(
+            f"neuronpedia: {c['sources']} sources, {c['features']} features, "
+            f"{c['activations']} activations, {c['explanations']} explanations, "
+            f"{c['scores']} scores",
+            markup=False,
+            highlight=False,
+        )
+        if c.get("skipped_scores"):
+            console.print(
+                f"{c['skipped_scores']} scores have no value for their primary metric and "
+                "were left out (Neuronpedia's score value cannot be empty)",
+                markup=False,
+                highlight=False,
+            )
     if push_to_hub:
         url = push_folder_to_hub(out, push_to_hub, private=private)
         console.print(f"pushed to {url}", markup=False, highlight=False)

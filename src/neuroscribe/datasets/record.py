@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from neuroscribe.datasets.collect import Collector
 from neuroscribe.datasets.corpus import Corpus, open_corpus
-from neuroscribe.datasets.sae import load_sae
+from neuroscribe.datasets.sae import SAE, ReconStats, load_sae
 from neuroscribe.datasets.units import (
     Capture,
     Subject,
@@ -65,11 +65,12 @@ class RecordConfig(BaseModel):
     layers: list[int] | Literal["all"] | None = None  # None = first, middle and last
     units: str = "all"  # indices per hook point: "all", "0-31", "0,5,9"
     max_units: int | None = 128  # with units="all": keep the first N (None/0 = all)
-    unit_type: Literal["mlp", "module", "sae"] = "mlp"
+    unit_type: Literal["mlp", "module", "sae"] = "mlp"  # "sae" whenever `sae` is given
     module: str | None = None
     hook: Literal["input", "output"] = "output"
-    sae: str | None = None
+    sae: str | None = None  # an SAE file or folder (SAELens, sparsify, Gemma Scope, ...)
     sae_k: int | None = None
+    sae_hook: str | None = None  # overrides the SAE's own hook name (or a module path)
     corpus: str = "builtin"
     text_column: str = "text"
     split: str = "train"
@@ -94,6 +95,8 @@ class RecordConfig(BaseModel):
     def result_hash(self) -> str:
         """Hash of the options that change the records (not device or checkpoint cadence)."""
         data = self.model_dump(exclude={"device", "checkpoint_every", "checkpoint_seconds"})
+        if data["sae_hook"] is None:  # added later: unset, it keeps older hashes valid
+            del data["sae_hook"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -134,8 +137,14 @@ def record_run(
     `record_run("run", layers=[0, 5], max_units=16, max_tokens=20_000)`.
     `restart` discards a checkpoint; `overwrite` replaces records made with other options.
     """
+    # Options given on purpose (not defaults): an SAE's own hook must agree with them.
+    given = {k for k, v in options.items() if v is not None}
+    if config is not None:
+        given |= {k for k in config.model_fields_set if getattr(config, k) is not None}
     try:
         cfg = (config or RecordConfig()).model_copy(update=options)
+        if cfg.sae and "unit_type" not in given:  # --sae implies --unit-type sae
+            cfg = cfg.model_copy(update={"unit_type": "sae"})
         cfg = RecordConfig.model_validate(cfg.model_dump())
     except ValidationError as e:
         raise ConfigError(
@@ -147,7 +156,14 @@ def record_run(
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available here (use cpu)")
     with RunDir(out).lock():
-        return _record(out, cfg, progress=progress, restart=restart, overwrite=overwrite)
+        return _record(
+            out,
+            cfg,
+            progress=progress,
+            restart=restart,
+            overwrite=overwrite,
+            hook_given="hook" in given,
+        )
 
 
 def _record(
@@ -157,12 +173,15 @@ def _record(
     progress: Callable[[RecordProgress], None] | None,
     restart: bool,
     overwrite: bool,
+    hook_given: bool = False,
 ) -> RecordSummary:
     corpus = open_corpus(cfg.corpus, text_column=cfg.text_column, split=cfg.split)
-    subject = load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype, revision=cfg.revision)
     sae = load_sae(cfg.sae, k=cfg.sae_k) if cfg.sae else None
     if sae is not None and cfg.unit_type != "sae":
-        raise ConfigError("--sae needs --unit-type sae")
+        raise ConfigError(f"--sae records SAE latents: drop --unit-type {cfg.unit_type}")
+    if sae is None and (cfg.sae_k is not None or cfg.sae_hook is not None):
+        raise ConfigError("--sae-k and --sae-hook need --sae")
+    subject = load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype, revision=cfg.revision)
     sources = build_sources(
         subject.model,
         unit_type=cfg.unit_type,
@@ -170,11 +189,25 @@ def _record(
         module=cfg.module,
         hook=cfg.hook,
         sae=sae,
+        sae_hook=cfg.sae_hook,
+        hook_given=hook_given,
     )
     if sae is not None:
+        _check_sae_model(sae, subject)
         for s in sources:
             s.sae = sae.to(subject.device, torch.float32)
-    prefix = special_prefix(subject.tokenizer)
+    prefix = _prefix_for(subject, sae)
+    if (
+        sae is not None
+        and sae.info.context_size
+        and len(prefix) + cfg.excerpt_len > int(sae.info.context_size)
+    ):
+        log.warning(
+            "SAE %s was trained on %s-token contexts; excerpts here are %d tokens",
+            cfg.sae,
+            sae.info.context_size,
+            len(prefix) + cfg.excerpt_len,
+        )
     _probe_widths(subject, sources, prefix, cfg)
 
     chash = cfg.result_hash()
@@ -214,8 +247,9 @@ def _record(
         device=subject.device,
         keep_pool_acts=_pool_bytes(cfg, sources) <= cfg.pool_memory_mb * 2**20,
     )
+    recon = [_recon_stats(s) for s in sources]
     ckpt = rundir.checkpoint_path
-    resumed = _maybe_resume(ckpt, chash, collector, restart)
+    resumed = _maybe_resume(ckpt, chash, collector, restart, recon)
     pad_id = _pad_id(subject.tokenizer)
     windows = iter_windows(
         corpus.texts(),
@@ -225,7 +259,7 @@ def _record(
         max_tokens=cfg.max_tokens,
     )
     windows = itertools.islice(windows, collector.n_excerpts, None)
-    capture = Capture(subject.model, sources)
+    capture = Capture(subject.model, sources, recon=recon, skip_prefix=len(prefix))
     last_ckpt = (0, time.perf_counter())  # (batch, time) of the last checkpoint
     with capture:
         for nb, batch in enumerate(batched(windows, cfg.batch_size), start=1):
@@ -234,7 +268,7 @@ def _record(
             collector.update([a[:, len(prefix) :] for a in acts], valid, batch)
             due = nb - last_ckpt[0] >= cfg.checkpoint_every
             if due and time.perf_counter() - last_ckpt[1] >= cfg.checkpoint_seconds:
-                _save_checkpoint(ckpt, chash, collector)
+                _save_checkpoint(ckpt, chash, collector, recon)
                 last_ckpt = (nb, time.perf_counter())
             if progress is not None:
                 progress(
@@ -262,7 +296,20 @@ def _record(
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
     t2 = time.perf_counter()
-    _write_manifest(out, manifest, subject, sources, corpus, cfg, chash, collector, files, t2 - t0)
+    _write_manifest(
+        out,
+        manifest,
+        subject,
+        sources,
+        corpus,
+        cfg,
+        chash,
+        collector,
+        files,
+        t2 - t0,
+        prefix,
+        recon,
+    )
     shutil.rmtree(rundir.checkpoint_path.parent, ignore_errors=True)
     return RecordSummary(
         out,
@@ -297,21 +344,37 @@ def _pad_id(tokenizer: Any) -> int:
 def _probe_widths(
     subject: Subject, sources: list[UnitSource], prefix: list[int], cfg: RecordConfig
 ) -> None:
-    """Run two tokens through the model to learn each hook point's width; select units."""
+    """Run two tokens through the model to learn each hook point's width; select units.
+
+    A transcoder's target is probed too: its decoder must write that many dimensions.
+    """
     raw = [
         UnitSource(s.label, s.layer_index, s.module_path, s.hook, s.unit_type, s.file_stem)
         for s in sources
+    ]
+    targets = [s for s in sources if s.target_path is not None]
+    raw += [
+        UnitSource(s.label, s.layer_index, str(s.target_path), s.target_hook, "sae", s.file_stem)
+        for s in targets
     ]
     probe_ids = subject.tokenizer("The", add_special_tokens=False)["input_ids"][:1] or [0]
     ids = torch.tensor([prefix + probe_ids * 2], device=subject.device)
     with Capture(subject.model, raw) as cap:
         shapes = [a.shape[-1] for a in cap.run(ids, torch.ones_like(ids))]
-    for s, width in zip(sources, shapes, strict=True):
+    for s, width in zip(targets, shapes[len(sources) :], strict=True):
+        assert s.sae is not None
+        if s.sae.d_out != width:
+            raise ConfigError(
+                f"transcoder {cfg.sae} writes {s.sae.d_out}-dim outputs but what it "
+                f"reconstructs, {s.target_path} ({s.target_name}), has {width} dimensions"
+            )
+    for s, width in zip(sources, shapes[: len(sources)], strict=True):
         if s.sae is not None:
             if s.sae.d_in != width:
+                hook = f", hook {s.hook_name}" if s.hook_name else ""
                 raise ConfigError(
                     f"SAE {cfg.sae} reads {s.sae.d_in}-dim inputs but {s.module_path} "
-                    f"({s.hook}) has {width} dimensions"
+                    f"({s.hook}) has {width} dimensions ({s.sae.info.layout} layout{hook})"
                 )
             width = s.sae.d_sae
         picked = parse_index_spec(cfg.units, width, what="unit")
@@ -322,14 +385,66 @@ def _probe_widths(
         s.indices = torch.tensor(chosen, dtype=torch.long, device=subject.device)
 
 
-def _save_checkpoint(path: Path, chash: str, collector: Collector) -> None:
+def _check_sae_model(sae: SAE, subject: Subject) -> None:
+    """Warn when the SAE's files name another model than the subject (names differ in
+    form across tools, e.g. `gpt2-small` and `gpt2`, so this is no error)."""
+    want = sae.info.model_name
+    if not want:
+        return
+
+    def norm(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+    a, b = norm(want), norm(subject.name)
+    if a not in b and b not in a and norm(subject.source) != a:
+        msg = f"SAE {sae.info.path} was trained on {want!r}, but the subject model is {subject.name!r}"
+        log.warning(msg)
+        sae.info.notes.append(msg)
+
+
+def _prefix_for(subject: Subject, sae: SAE | None) -> list[int]:
+    """The special tokens put before each excerpt: the tokenizer's own, unless the SAE
+    says whether it was trained with a BOS token (SAELens `prepend_bos`)."""
+    prefix = special_prefix(subject.tokenizer)
+    want = None if sae is None else sae.info.prepend_bos
+    bos = getattr(subject.tokenizer, "bos_token_id", None)
+    if want is True and not prefix and isinstance(bos, int):
+        return [bos]
+    if want is False:
+        return []
+    return prefix
+
+
+def _recon_stats(s: UnitSource) -> ReconStats | None:
+    """A reconstruction check for SAE sources that can decode (transcoders need a target)."""
+    if s.sae is None or not s.sae.can_decode:
+        return None
+    if s.sae.transcoder and s.target_path is None:
+        return None
+    return ReconStats()
+
+
+def _save_checkpoint(
+    path: Path, chash: str, collector: Collector, recon: list[ReconStats | None]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"config_hash": chash, "collector": collector.state_dict()}, tmp)
+    state = {
+        "config_hash": chash,
+        "collector": collector.state_dict(),
+        "recon": [None if r is None else r.state_dict() for r in recon],
+    }
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _maybe_resume(path: Path, chash: str, collector: Collector, restart: bool) -> int:
+def _maybe_resume(
+    path: Path,
+    chash: str,
+    collector: Collector,
+    restart: bool,
+    recon: list[ReconStats | None] | None = None,
+) -> int:
     if not path.exists():
         return 0
     if restart:
@@ -345,6 +460,9 @@ def _maybe_resume(path: Path, chash: str, collector: Collector, restart: bool) -
             "rerun with the same options to resume, or with --restart to start over"
         )
     collector.load_state_dict(state["collector"])
+    for r, saved in zip(recon or [], state.get("recon") or [], strict=False):
+        if r is not None and saved is not None:
+            r.load_state_dict(saved)
     log.info("resuming recording after %d excerpts", collector.n_excerpts)
     return collector.n_excerpts
 
@@ -505,6 +623,8 @@ def _write_manifest(
     collector: Collector,
     files: list[Path],
     seconds: float,
+    prefix: list[int],
+    recon: list[ReconStats | None],
 ) -> None:
     versions = _versions()
     manifest = manifest or RunManifest(package_version=versions.get("neuroscribe", ""))
@@ -530,18 +650,14 @@ def _write_manifest(
                 "width": s.width,
                 "n_units": _n_units(s),
                 "file": str(f.relative_to(out)),
-                **(
-                    {"sae": cfg.sae, "sae_activation": s.sae.activation}
-                    if s.sae is not None
-                    else {}
-                ),
+                **(_sae_entry(s, cfg, r, len(prefix)) if s.sae is not None else {}),
             }
-            for s, f in zip(sources, files, strict=True)
+            for s, f, r in zip(sources, files, recon, strict=True)
         ],
         "corpus": corpus.describe(),
         "n_tokens": collector.n_tokens,
         "n_excerpts": collector.n_excerpts,
-        "excluded_prefix_tokens": len(special_prefix(subject.tokenizer)),
+        "excluded_prefix_tokens": len(prefix),
         "seed": cfg.seed,
         "device": str(subject.device),
         "seconds": round(seconds, 2),
@@ -550,3 +666,57 @@ def _write_manifest(
     }
     manifest.updated_at = utc_now()
     RunDir(out).write_manifest(manifest)
+
+
+def _sae_entry(
+    s: UnitSource, cfg: RecordConfig, recon: ReconStats | None, n_prefix: int
+) -> dict[str, Any]:
+    """What the manifest says about an SAE source: which SAE, where it reads, what it
+    reconstructs, and how well (so a wrong hook or normalisation shows)."""
+    sae = s.sae
+    assert sae is not None
+    info = sae.info
+    reads = {"module": s.module_path, "hook": s.hook, "hook_name": s.hook_name}
+    if not sae.transcoder:
+        writes: dict[str, Any] | None = {**reads, "what": "the SAE's input"}
+    elif s.target_path is not None:
+        writes = {"module": s.target_path, "hook": s.target_hook, "hook_name": s.target_name}
+    else:
+        writes = None
+    if recon is not None:
+        check: dict[str, Any] = {
+            "fvu": None if recon.fvu is None else round(recon.fvu, 6),
+            "n_tokens": recon.n,
+            "target": "sae input" if not sae.transcoder else "transcoder target",
+        }
+    elif not sae.can_decode:
+        check = {"skipped": "the SAE file has no decoder weights (W_dec)"}
+    else:
+        check = {"skipped": "the transcoder's files do not say what it reconstructs"}
+    entry: dict[str, Any] = {
+        "sae": cfg.sae,
+        "sae_id": info.sae_id or sae.name,
+        "sae_layout": info.layout,
+        "sae_architecture": info.architecture,
+        "hook_name": s.hook_name,
+        "sae_activation": sae.activation,
+        "sae_d_in": sae.d_in,
+        "sae_d_sae": sae.d_sae,
+        "transcoder": sae.transcoder,
+        "sae_reads": reads,
+        "sae_reconstructs": writes,
+        "reconstruction": check,
+        "sae_input": {
+            "subtract_b_dec": sae.subtract_b_dec,
+            "normalize_activations": sae.normalize,
+            "norm_scaling_factor": sae.norm_scale,
+            "center": sae.center_input,
+            "prepend_bos": n_prefix > 0,
+        },
+    }
+    for key in ("model_name", "neuronpedia_id", "context_size"):
+        if getattr(info, key) is not None:
+            entry[f"sae_{key}"] = getattr(info, key)
+    if info.notes:
+        entry["sae_notes"] = list(info.notes)
+    return entry

@@ -6,7 +6,9 @@ kept from it; it yields activations [batch, tokens, units]:
 - `mlp`: MLP neurons = the input of the MLP's output projection (after the
   non-linearity / gating), found by family;
 - `module`: any module by path, input or output, one unit per dimension;
-- `sae`: the latents of a sparse autoencoder applied to a hooked activation.
+- `sae`: the latents of a sparse autoencoder or transcoder applied to a hooked
+  activation; where it reads comes from its files (`SAE.info.hook_name`, mapped to a
+  module by `neuroscribe.datasets.hooks`) or from --layers / --module.
 
 Hooks copy out what they need and, once every source has fired, stop the forward pass:
 layers after the last recorded one (and the LM head) are never computed.
@@ -23,7 +25,8 @@ from typing import Any
 
 import torch
 
-from neuroscribe.datasets.sae import SAE
+from neuroscribe.datasets.hooks import HookPoint, default_output_hook, resolve_hook
+from neuroscribe.datasets.sae import SAE, ReconStats
 from neuroscribe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -191,11 +194,20 @@ class UnitSource:
     sae: SAE | None = None
     indices: torch.Tensor | None = None  # None until the width is known
     width: int | None = None  # units before selection
+    hook_name: str | None = None  # the SAE's own name for the hook point, as given
+    # Transcoders: the activation they reconstruct (read only for the reconstruction check).
+    target_path: str | None = None
+    target_hook: str = "output"
+    target_name: str | None = None
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Hooked tensor [B, T, d] -> recorded activations [B, T, U] (float32)."""
         if self.sae is not None:
             x = self.sae.encode(x)
+        return self.select(x)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations of all units [B, T, width] -> the kept ones [B, T, U] (float32)."""
         if self.indices is not None and self.indices.numel() != x.shape[-1]:
             x = x.index_select(-1, self.indices)
         return x.float()
@@ -213,10 +225,14 @@ def build_sources(
     module: str | None = None,
     hook: str = "output",
     sae: SAE | None = None,
+    sae_hook: str | None = None,
+    hook_given: bool = False,
 ) -> list[UnitSource]:
     """The unit sources for a recording; ConfigError for a bad layer or module.
 
     `layers`: indices, "all", or None for the default (first, middle and last layer).
+    An SAE whose files name its hook (or `sae_hook`, which overrides them) reads there;
+    `layers`, `module` and an explicit `hook` (`hook_given`) must then agree with it.
     """
     if isinstance(layers, str):
         if layers.strip().lower() != "all":
@@ -238,7 +254,14 @@ def build_sources(
         ]
     if unit_type == "sae":
         if sae is None:
-            raise ConfigError("--unit-type sae needs --sae FILE.safetensors")
+            raise ConfigError("--unit-type sae needs --sae (an SAE file or folder)")
+        name = sae_hook or sae.info.hook_name
+        if name is not None:
+            return [
+                _sae_source(
+                    model, sae, name, layers, module, hook if hook_given else None, sae_hook
+                )
+            ]
         if layers is not None and len(layers) != 1 and (module is None or "{layer}" in module):
             raise ConfigError("an SAE reads one hook point: give exactly one --layers value")
     elif not module:
@@ -260,6 +283,75 @@ def build_sources(
             stem = f"{_prefix(layer_index)}{_slug(rel)}-{hook}"
         sources.append(UnitSource(label, layer_index, path, hook, unit_type, stem, sae=sae))
     return sources
+
+
+def _sae_source(
+    model: torch.nn.Module,
+    sae: SAE,
+    name: str,
+    layers: list[int] | None,
+    module: str | None,
+    hook: str | None,
+    override: str | None,
+) -> UnitSource:
+    """The one source of an SAE that names its hook point."""
+    info = sae.info
+    placeholder = "{layer}" in name
+    if placeholder:  # e.g. a Gemma Scope folder whose path has no layer_N
+        if layers is None or len(layers) != 1:
+            raise ConfigError(
+                f"SAE {info.path} does not say which layer it reads "
+                f"({name.format(layer='L')}): give one --layers value"
+            )
+        name = name.format(layer=layers[0])
+    side = (hook if override else None) or info.hook_side or "output"
+    point = resolve_hook(model, name, side=side)
+    where = f"the SAE's hook {name!r} ({point.module_path}, {point.hook})"
+    fix = "drop it, or give --sae-hook to read elsewhere"
+    if layers is not None and not placeholder and layers != [point.layer]:
+        raise ConfigError(
+            f"--layers {','.join(map(str, layers))} conflicts with {where}, which is layer "
+            f"{point.layer}; {fix}"
+        )
+    if module is not None and point.module_path not in _module_candidates(model, module, point):
+        raise ConfigError(f"--module {module!r} conflicts with {where}; {fix}")
+    if hook is not None and hook != point.hook:
+        raise ConfigError(f"--hook {hook} conflicts with {where}; {fix}")
+
+    target = None
+    if sae.transcoder:
+        out = info.hook_name_out if not override else default_output_hook(name, point.hook)
+        if out is not None:
+            out = out.format(layer=point.layer) if "{layer}" in out else out
+            target = resolve_hook(model, out, side="output")
+    layer = point.layer
+    label = f"{layer if layer is not None else point.module_path}:sae:{sae.name}"
+    return UnitSource(
+        label,
+        layer,
+        point.module_path,
+        point.hook,
+        "sae",
+        f"{_prefix(layer)}sae-{_slug(sae.name)}",
+        sae=sae,
+        hook_name=name,
+        target_path=None if target is None else target.module_path,
+        target_name=None if target is None else target.name,
+        target_hook="output" if target is None else target.hook,
+    )
+
+
+def _module_candidates(model: torch.nn.Module, module: str, point: HookPoint) -> set[str]:
+    """The absolute paths a --module value can mean at the SAE's layer."""
+    out = {module}
+    if point.layer is not None:
+        out.add(module.format(layer=point.layer))
+        try:
+            base, _ = find_layers(model)
+            out.add(f"{base}.{point.layer}.{module}")
+        except ConfigError:
+            pass
+    return out
 
 
 def _prefix(layer_index: int | None) -> str:
@@ -317,25 +409,34 @@ class _StopForward(Exception):
 
 @dataclass
 class Capture:
-    """Installs hooks for all sources and runs the model far enough to fill them."""
+    """Installs hooks for all sources and runs the model far enough to fill them.
+
+    With `recon` (one `ReconStats` or None per source), SAE sources also decode their
+    latents and add the reconstruction error over the recorded tokens (not the first
+    `skip_prefix` positions, not padding): against the SAE's input, or for a transcoder
+    against its target module's output, which is then hooked as well.
+    """
 
     model: torch.nn.Module
     sources: list[UnitSource]
     stop_early: bool = True
+    recon: list[ReconStats | None] | None = None
+    skip_prefix: int = 0
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list)
     _bt: tuple[int, int] = (0, 0)
+    _fired: set[tuple[int, str]] = field(default_factory=set)
+    _n_hooks: int = 0
+    _pending: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    _mask: torch.Tensor | None = None
 
     def __enter__(self) -> Capture:
         for k, src in enumerate(self.sources):
-            mod = get_module(self.model, src.module_path)
-            assert mod is not None
-            if src.hook == "input":
-                self._handles.append(
-                    mod.register_forward_pre_hook(self._pre_hook(k), with_kwargs=True)
-                )
-            else:
-                self._handles.append(mod.register_forward_hook(self._hook(k)))
+            self._install(k, src.module_path, src.hook, "main")
+            if self._checks(k) and src.sae is not None and src.sae.transcoder:
+                assert src.target_path is not None
+                self._install(k, src.target_path, src.target_hook, "target")
+        self._n_hooks = len(self._handles)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -343,44 +444,82 @@ class Capture:
             h.remove()
         self._handles.clear()
 
-    def _store(self, k: int, x: Any) -> None:
+    def _checks(self, k: int) -> bool:
+        return self.recon is not None and self.recon[k] is not None
+
+    def _install(self, k: int, path: str, side: str, role: str) -> None:
+        mod = get_module(self.model, path)
+        assert mod is not None
+        if side == "input":
+            self._handles.append(
+                mod.register_forward_pre_hook(self._pre_hook(k, role), with_kwargs=True)
+            )
+        else:
+            self._handles.append(mod.register_forward_hook(self._hook(k, role)))
+
+    def _tensor(self, path: str, x: Any) -> torch.Tensor:
         if isinstance(x, (tuple, list)):
             x = x[0]
         if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"module {self.sources[k].module_path} gives no tensor to record")
+            raise ConfigError(f"module {path} gives no tensor to record")
         if x.ndim == 2 and x.shape[0] == self._bt[0] * self._bt[1]:
             x = x.view(*self._bt, x.shape[-1])  # OPT flattens batch and tokens in its MLP
         if x.ndim != 3 or tuple(x.shape[:2]) != self._bt:
             raise ConfigError(
-                f"module {self.sources[k].module_path} gives a tensor of shape {tuple(x.shape)}, "
+                f"module {path} gives a tensor of shape {tuple(x.shape)}, "
                 f"not [batch, tokens, dim] = [{self._bt[0]}, {self._bt[1]}, ...]"
             )
-        self.captured[k] = self.sources[k].transform(x.detach())
-        if self.stop_early and len(self.captured) == len(self.sources):
+        return x.detach()
+
+    def _store(self, k: int, role: str, x: Any) -> None:
+        src = self.sources[k]
+        x = self._tensor(src.module_path if role == "main" else str(src.target_path), x)
+        if role == "target":
+            self._pending[(k, "target")] = x
+        elif src.sae is not None and self._checks(k):
+            z, recon, target = src.sae.forward(x)
+            self.captured[k] = src.select(z)
+            assert recon is not None
+            self._pending[(k, "recon")] = recon
+            if not src.sae.transcoder:
+                self._pending[(k, "target")] = target
+        else:
+            self.captured[k] = src.transform(x)
+        if (k, "recon") in self._pending and (k, "target") in self._pending:
+            stats = self.recon[k] if self.recon is not None else None
+            assert stats is not None and self._mask is not None
+            stats.update(
+                self._pending.pop((k, "target")), self._pending.pop((k, "recon")), self._mask
+            )
+        self._fired.add((k, role))
+        if self.stop_early and len(self._fired) == self._n_hooks:
             raise _StopForward
 
-    def _pre_hook(self, k: int) -> Callable[..., None]:
+    def _pre_hook(self, k: int, role: str) -> Callable[..., None]:
         def hook(_mod: Any, args: tuple, kwargs: dict) -> None:
             x = (
                 args[0]
                 if args
                 else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
             )
-            self._store(k, x)
+            self._store(k, role, x)
 
         return hook
 
-    def _hook(self, k: int) -> Callable[..., None]:
+    def _hook(self, k: int, role: str) -> Callable[..., None]:
         def hook(_mod: Any, _args: Any, out: Any) -> None:
-            self._store(k, out)
+            self._store(k, role, out)
 
         return hook
 
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """Activations [B, T, U] per source for one batch."""
-        self.captured = {}
+        self.captured, self._fired, self._pending = {}, set(), {}
         self._bt = (input_ids.shape[0], input_ids.shape[1])
+        mask = attention_mask.bool().clone()
+        mask[:, : self.skip_prefix] = False
+        self._mask = mask
         with contextlib.suppress(_StopForward):
             self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         missing = [
@@ -388,4 +527,10 @@ class Capture:
         ]
         if missing:
             raise ConfigError(f"module {missing[0]} was not called during the forward pass")
+        if self._pending:
+            (k, _), *_ = self._pending
+            raise ConfigError(
+                f"module {self.sources[k].target_path} (what the transcoder reconstructs) "
+                "was not called during the forward pass"
+            )
         return [self.captured[k] for k in range(len(self.sources))]
