@@ -276,3 +276,68 @@ def score_explanation(
         n_tokens=int(t.size),
         flags=flags,
     )
+
+
+# ---------------------------------------------------------------- classification
+
+
+def _binary(labels: Sequence[bool], predicted: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(predicted, dtype=bool)
+    if y.shape != p.shape:
+        raise ValueError(f"length mismatch: {y.size} labels vs {p.size} predictions")
+    return y, p
+
+
+def balanced_accuracy(labels: Sequence[bool], predicted: Sequence[bool]) -> float | None:
+    """Mean of the true-positive rate and the true-negative rate; None without both classes."""
+    y, p = _binary(labels, predicted)
+    if y.all() or not y.any():
+        return None
+    tpr = float((p & y).sum()) / float(y.sum())
+    tnr = float((~p & ~y).sum()) / float((~y).sum())
+    return (tpr + tnr) / 2
+
+
+def f1_score(labels: Sequence[bool], predicted: Sequence[bool]) -> float | None:
+    """F1 of the positive class: 2·TP / (2·TP + FP + FN); None with no positive at all
+    (neither a true nor a predicted one: the score is undefined, not 0)."""
+    y, p = _binary(labels, predicted)
+    tp = float((p & y).sum())
+    wrong = float((p ^ y).sum())  # false positives + false negatives
+    if tp == 0 and wrong == 0:
+        return None
+    return 2 * tp / (2 * tp + wrong)
+
+
+def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties
+    counted half (the Mann-Whitney U statistic over mid-ranks); None without both classes."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"length mismatch: {y.size} labels vs {s.size} scores")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)  # mid-ranks for ties
+    u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def classification_metrics(
+    labels: Sequence[bool],
+    predicted: Sequence[bool],
+    p_yes: Sequence[float] | None = None,
+) -> dict[str, float | None]:
+    """The classifier scorers' metrics: balanced accuracy, accuracy, F1, and AUC from
+    P("yes") when every item has one (else None)."""
+    y, p = _binary(labels, predicted)
+    return {
+        "balanced_accuracy": balanced_accuracy(y, p),
+        "accuracy": float((y == p).mean()) if y.size else None,
+        "f1": f1_score(y, p),
+        "auc": roc_auc(y, p_yes) if p_yes is not None else None,
+    }

@@ -16,6 +16,10 @@ from neuroscribe.errors import ConfigError
 # `planned(spec, probe=..., **options) -> (scorer, note)` for dry runs (no model, no calls).
 SCORERS: dict[str, str] = {
     "simulation": "neuroscribe.scorer.simulation:SimulationScorer",
+    "detection": "neuroscribe.scorer.detection:DetectionScorer",
+    "fuzzing": "neuroscribe.scorer.fuzzing:FuzzingScorer",
+    "intruder": "neuroscribe.scorer.intruder:IntruderScorer",
+    "embedding": "neuroscribe.scorer.embedding:EmbeddingScorer",
 }
 
 
