@@ -1,4 +1,5 @@
-"""Commands on finished runs: compare, publish, view, serve. Logic lives in the modules."""
+"""Commands on finished runs: compare, publish, view, serve (also the service). Logic lives
+in the modules."""
 
 from __future__ import annotations
 
@@ -246,16 +247,75 @@ def view_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path | None = typer.Argument(
+        None, help="Run directory: serve its report only. Leave out to start the service."
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="The service's folder of run directories (default: the current one)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; beyond loopback it needs a token."
+    ),
     port: int = typer.Option(
         8765,
         "--port",
         min=0,
         max=65535,
-        help="Port on 127.0.0.1, 0-65535 (0 picks a free one).",
+        help="Port, 0-65535 (0 picks a free one).",
+    ),
+    token: str | None = typer.Option(
+        None, "--token", help="Bearer token clients must send (visible in ps: prefer --token-file)."
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="Read the bearer token from this file (or NEUROSCRIBE_TOKEN)."
+    ),
+    max_jobs: int = typer.Option(2, "--max-jobs", min=1, max=64, help="Jobs running at once."),
+    max_body_mb: float = typer.Option(
+        16.0, "--max-body", min=0.001, help="Largest request body, in MB."
+    ),
+    rate_limit: float = typer.Option(
+        50.0, "--rate-limit", min=0, help="Requests per second per client (0: no limit)."
     ),
 ) -> None:
-    """Serve the report of a (large) run over HTTP on 127.0.0.1, one unit per request."""
+    """Start the service (HTTP API + browser UI over the runs in --root), or serve one
+    run's report over HTTP on 127.0.0.1 (`serve RUN`)."""
+    if run is not None:
+        service_flags = {"--root": root is not None, "--token": token is not None,
+                         "--token-file": token_file is not None, "--host": host != "127.0.0.1"}  # fmt: skip
+        given = [flag for flag, on in service_flags.items() if on]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: options of the service; `serve RUN` serves one report on "
+                "127.0.0.1 (leave RUN out and give --root DIR to start the service)"
+            )
+        _serve_report(run, port)
+        return
+    import os
+
+    from neuroscribe.service import ServiceConfig, serve
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"--token-file {token_file}: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file} is empty")
+    elif token is None and os.environ.get("NEUROSCRIBE_TOKEN"):
+        token = os.environ["NEUROSCRIBE_TOKEN"].strip()
+    cfg = ServiceConfig(
+        root=root if root is not None else Path.cwd(),
+        host=host,
+        port=port,
+        token=token,
+        max_jobs=max_jobs,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        rate_limit=rate_limit,
+    )
+    serve(cfg, announce=lambda line: console.print(line, markup=False, highlight=False))
+
+
+def _serve_report(run: Path, port: int) -> None:
     from neuroscribe.rundir import load_run
     from neuroscribe.view import make_server
 
