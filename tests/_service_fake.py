@@ -4,7 +4,8 @@ Registered under its own prefix, so a `RunConfig` can name it like any model (th
 the facade and the service all build it from the spec). Explaining, it names the
 strongest token of the last excerpt ("the word cat"); simulating (JSON), it gives 7 to
 tokens the explanation names and 0 to the rest, so scores are real correlations. A spec
-`svcfake:d0.2` answers after 0.2 s (a job slow enough to be killed half-way).
+`svcfake:d0.2` answers after 0.2 s (a job slow enough to be killed half-way);
+`svcfake:b0.2` holds its event loop for 0.2 s per call, as CPU-bound work on a loop does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from neuroscribe.llm.fake import FakeLLM, _chat_tokens, tokenize
@@ -51,10 +53,14 @@ class ServiceFake(FakeLLM):
         super().__init__(spec, answers=answers, **kw)
         m = re.match(r"svcfake:d([0-9.]+)", spec)
         self.delay = float(m.group(1)) if m else 0.0
+        m = re.match(r"svcfake:b([0-9.]+)", spec)
+        self.block = float(m.group(1)) if m else 0.0
 
     async def chat(self, *args: Any, **kwargs: Any):
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.block:
+            time.sleep(self.block)  # on purpose: the loop can do nothing else meanwhile
         return await super().chat(*args, **kwargs)
 
 

@@ -288,6 +288,28 @@ def test_single_explain_simulate_and_score_calls(svc):
     )
 
 
+def test_single_calls_stay_fast_while_a_job_keeps_its_loop_busy(root):
+    # The job's model holds its event loop 0.3 s per call (CPU-bound work on a loop);
+    # single calls have their own loop, so they answer at once meanwhile.
+    busy = config(explain={"model": "svcfake:b0.3"}, jobs={"concurrency": 4})
+    make_run(root / "busy", 24)  # ~7 s of loop-holding work
+    with open_service(root) as c:
+        job = start(c, "busy", busy)
+        wait(c, job["id"], states=("running",))
+        time.sleep(0.4)
+        body = {"model": "svcfake:x", "explanation": "the word cat", "strategy": "json",
+                "excerpts": [{"tokens": [" a", " cat"]}]}  # fmt: skip
+        took = []
+        for _ in range(4):  # the first one also builds and preflights the model
+            t0 = time.perf_counter()
+            r = c.post("/v1/simulate", json=body)
+            took.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+        assert max(took) < 1.0, took
+        assert c.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
+        assert wait(c, job["id"])["state"] == "done"
+
+
 def test_single_calls_refuse_bad_input_clearly(svc):
     r = svc.post("/v1/explain", json={"model": "svcfake:x", "excerpts": [{"tokens": ["a"]}]})
     assert_clean_error(r, 422, "activations")

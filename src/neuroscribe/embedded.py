@@ -18,6 +18,9 @@ import json
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from neuroscribe.errors import ConfigError
@@ -114,7 +117,44 @@ def gguf_model_dir(gguf_file: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"cannot convert GGUF file {path}: {type(e).__name__}: {e}") from e
 
 
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    """One conversion of `target` at a time, across threads (a service starting two jobs
+    on a fresh machine) and processes (two CLI runs): without it, one writer deleted the
+    folder the other had just finished and was loading."""
+    with _THREAD_LOCKS_GUARD:
+        lock = _THREAD_LOCKS.setdefault(str(target), threading.Lock())
+    with lock:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: threads are still serialised
+            yield
+            return
+        with open(target.with_name(f".{target.name}.lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def convert_gguf(
+    gguf_file: str | os.PathLike[str], target: Path, *, source: dict[str, object] | None = None
+) -> Path:
+    """Convert a GGUF file to a float32 safetensors model folder `target` (atomically;
+    a no-op when another thread or process finished the same folder meanwhile)."""
+    with _conversion_lock(target):
+        if _converted(target):
+            return target
+        return _convert_gguf(gguf_file, target, source=source)
+
+
+def _convert_gguf(
     gguf_file: str | os.PathLike[str], target: Path, *, source: dict[str, object] | None = None
 ) -> Path:
     """Convert a GGUF file to a float32 safetensors model folder `target` (atomically).

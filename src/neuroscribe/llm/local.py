@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,8 +264,8 @@ class LocalLLM:
     ) -> LLMResponse:
         loaded = await asyncio.to_thread(lambda: self.loaded)
         ids = chat_prompt_ids(loaded.tokenizer, messages)
-        return await asyncio.to_thread(
-            self._locked,
+        return await run_on_model(
+            loaded,
             _generate,
             loaded,
             ids,
@@ -288,8 +289,8 @@ class LocalLLM:
     ) -> LLMResponse:
         loaded = await asyncio.to_thread(lambda: self.loaded)
         ids = loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        response = await asyncio.to_thread(
-            self._locked,
+        response = await run_on_model(
+            loaded,
             _generate,
             loaded,
             ids,
@@ -302,9 +303,7 @@ class LocalLLM:
         if echo:
             prompt_tokens = None
             if logprobs is not None:
-                prompt_tokens = await asyncio.to_thread(
-                    self._locked, _prompt_logprobs, loaded, ids, logprobs
-                )
+                prompt_tokens = await run_on_model(loaded, _prompt_logprobs, loaded, ids, logprobs)
             for c in response.choices:
                 c.text = prompt + c.text
                 c.prompt_tokens = prompt_tokens
@@ -314,9 +313,35 @@ class LocalLLM:
         # The weights stay in the store: another LLM or simulator may use them.
         return None
 
-    def _locked(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with self.loaded.lock:
-            return fn(*args, **kwargs)
+
+# Calls waiting for a model queue on an asyncio lock of their event loop, not inside worker
+# threads: `asyncio.to_thread` shares the loop's small default pool (cpu count + 4 threads),
+# and eight calls of a job each blocked on the model's threading lock would take every
+# thread, so any other `to_thread` on that loop (a service's single calls, progress reads)
+# would wait for the whole job. The threading lock still serialises across loops.
+_WAITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def run_on_model(loaded: LocalModel, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """`fn(*args, **kw)` in a worker thread holding `loaded`'s lock; one thread per model
+    and event loop at a time, the other callers wait on the loop."""
+
+    def locked() -> Any:
+        with loaded.lock:
+            return fn(*args, **kw)
+
+    return await queued_for_model(loaded, locked)
+
+
+async def queued_for_model(loaded: LocalModel, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a worker thread once this loop's earlier calls on `loaded` are done
+    (for work that takes the model's threading lock itself, maybe more than once)."""
+    locks = _WAITERS.setdefault(asyncio.get_running_loop(), {})
+    queue = locks.setdefault(id(loaded), asyncio.Lock())
+    async with queue:
+        return await asyncio.to_thread(fn, *args)
 
 
 def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:

@@ -1,4 +1,10 @@
-"""The scheduler: one thread, one event loop, every job and every model call of the server.
+"""The scheduler: the server's model work, on two threads with an event loop each.
+
+Jobs run on one loop; single calls (`/v1/explain`, `/v1/simulate`, `/v1/score`) on
+another, so a job whose work is CPU-bound on its loop (prompt building, token counting,
+scoring maths, an in-process fake or cheap model) never holds a single call past its
+timeout. Models shared by single calls live on the calls loop; a local model's weights
+are shared by both (its lock serialises their use).
 
 Jobs run through the library facade (`api.run_async` / `explain_async` / `score_async`)
 exactly as `neuroscribe run` runs them, so the engine owns per-unit concurrency,
@@ -74,7 +80,11 @@ class Scheduler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._keys: dict[str, SecretStr] = {}
-        self._models: OrderedDict[tuple, Any] = OrderedDict()
+        self._models: OrderedDict[tuple, Any] = OrderedDict()  # on the calls loop
+        self.calls_loop = asyncio.new_event_loop()
+        self._calls_thread = threading.Thread(
+            target=self._calls_main, name="neuroscribe-calls", daemon=True
+        )
         self._slots: asyncio.Semaphore | None = None
         self._stopping = False
 
@@ -85,9 +95,14 @@ class Scheduler:
         self._slots = asyncio.Semaphore(self.max_jobs)
         self.loop.run_forever()
 
+    def _calls_main(self) -> None:
+        asyncio.set_event_loop(self.calls_loop)
+        self.calls_loop.run_forever()
+
     def start(self) -> list[str]:
-        """Start the thread; queue again every job the last server left active."""
+        """Start the threads; queue again every job the last server left active."""
         self._thread.start()
+        self._calls_thread.start()
         resumed = []
         jobs, _ = self.store.list(states=ACTIVE)
         for job in reversed(jobs):  # oldest first
@@ -111,6 +126,8 @@ class Scheduler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+        async def _close_models() -> None:
             for llm in self._models.values():
                 with contextlib.suppress(Exception):
                     await llm.aclose()
@@ -120,6 +137,13 @@ class Scheduler:
             asyncio.run_coroutine_threadsafe(_shutdown(), self.loop).result(timeout)
         except Exception:
             log.warning("jobs did not stop within %.0f s", timeout)
+        if self._calls_thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(_close_models(), self.calls_loop).result(timeout)
+            except Exception:
+                log.warning("single-call models did not close within %.0f s", timeout)
+            self.calls_loop.call_soon_threadsafe(self.calls_loop.stop)
+            self._calls_thread.join(timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
 
@@ -260,12 +284,12 @@ class Scheduler:
     # ------------------------------------------------------------ single calls
 
     def call(self, fn: Callable[[], Awaitable[T]], timeout: float) -> concurrent.futures.Future[T]:
-        """Run `fn()` on the scheduler's loop (where the shared models live)."""
+        """Run `fn()` on the calls loop (where the single calls' shared models live)."""
 
         async def bounded() -> T:
             return await asyncio.wait_for(fn(), timeout)
 
-        return asyncio.run_coroutine_threadsafe(bounded(), self.loop)
+        return asyncio.run_coroutine_threadsafe(bounded(), self.calls_loop)
 
     async def model(self, spec: str, base_url: str | None, api_key: SecretStr | None,
                     timeout: float) -> Any:  # fmt: skip

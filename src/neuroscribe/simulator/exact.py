@@ -544,4 +544,7 @@ class ExactSimulator:
         self, explanation: str, excerpts: Sequence[Sequence[str]]
     ) -> list[SimulatedExcerpt]:
         """Expected activations for every token of every excerpt, in order."""
-        return await asyncio.to_thread(self.simulate_sync, explanation, excerpts)
+        from neuroscribe.llm.local import queued_for_model
+
+        loaded = await asyncio.to_thread(lambda: self.loaded)
+        return await queued_for_model(loaded, self.simulate_sync, explanation, excerpts)
