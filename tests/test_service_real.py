@@ -166,3 +166,35 @@ def test_without_a_token_a_non_loopback_bind_is_refused(tmp_path):
         capture_output=True, text=True, timeout=60, env={**os.environ, "NEUROSCRIBE_TOKEN": ""},
     )  # fmt: skip
     assert r.returncode == 1 and "bearer token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_job_on_the_embedded_model_gives_the_same_lines_as_neuroscribe_run(server, tmp_path):
+    # The real default model in the service process: explained at temperature 0, simulated
+    # exactly from its logits, scored; the same lines as the library's run of the config.
+    root = tmp_path / "root"
+    make_run(root / "emb", 2)
+    cfg = {
+        "splits": {"n_train": 1, "n_test_top": 1, "n_test_random": 1},
+        "explain": {"model": "hf:embedded",
+                    "settings": {"temperature": 0, "max_tokens": 30, "n_examples": 3}},
+        "score": {"model": "hf:embedded", "strategy": "exact", "n_examples": 1},
+    }  # fmt: skip
+    s = server().start()
+    job = s.http.post("/v1/jobs", json={"run": "emb", "config": cfg}).json()
+    done = s.wait_for(job["id"], lambda j: j["state"] == "done", timeout=600)
+    assert done["progress"]["units_done"] + done["progress"]["units_failed"] == 2
+
+    ref = make_run(tmp_path / "ref", 2)
+    api.run(RunConfig.build(run_dir=ref, **cfg, jobs={"show_progress": False}))
+    ours, theirs = outputs(root / "emb"), outputs(ref)
+    assert ours["explanations"] == theirs["explanations"]
+    assert sorted(f.unit_id for f in ours["failures"]) == sorted(
+        f.unit_id for f in theirs["failures"]
+    )
+    assert ours["scores"].keys() == theirs["scores"].keys()
+    for unit, (text, score, n) in ours["scores"].items():
+        ref_text, ref_score, ref_n = theirs["scores"][unit]
+        assert (text, n) == (ref_text, ref_n)
+        assert score == pytest.approx(ref_score, abs=1e-4)  # same numbers, another process
+    assert len(ours["scores"]) == 2  # measured: both units get a real explanation
+    assert not ours["duplicates"]

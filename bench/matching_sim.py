@@ -18,7 +18,7 @@ strategy reads the model instead, for every token of the excerpts:
 The sum is rescaled to 0..scale_max (correlation-based scoring is blind to that).
 Deterministic, batched, `torch.inference_mode`; ~1 s a unit on 2 CPU cores.
 
-Status (bench/discrimination.py, SmolLM2-135M, builtin suite): chosen on the dev half,
+A study, not a shipped simulator. Status (bench/discrimination.py, SmolLM2-135M, builtin suite): chosen on the dev half,
 where it ranks the true explanation first on 75% of units with mean margin +0.113
 [+0.029, +0.203]; on the test half, measured once, 28% (chance 25%), margin -0.006
 [-0.12, +0.10]. The dev figure did not generalise: it does NOT meet the check's bar and
