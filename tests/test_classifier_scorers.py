@@ -18,7 +18,7 @@ import pytest
 from neuroscribe import api
 from neuroscribe.config import RunConfig
 from neuroscribe.engine import estimate_stage, run_stage
-from neuroscribe.errors import DataError, OutputError
+from neuroscribe.errors import ConfigError, DataError, OutputError
 from neuroscribe.jsonl import append_jsonl
 from neuroscribe.llm.base import Completion, TokenLogprob
 from neuroscribe.llm.capabilities import Capabilities
@@ -436,3 +436,32 @@ def test_excerpts_are_cut_to_a_window_that_keeps_what_decides_the_label():
     assert all("cat" in it.text for it in items if it.kind in ("top", "hard"))
     fuzz, _ = FuzzingScorer(None, spec="fake:x").items(task)
     assert all(("<<cat>>" in it.text) == it.label for it in fuzz)
+
+
+def test_score_runs_several_scorers_in_one_command(tmp_path, judge_backend):
+    from _cli import run_cli
+
+    run = make_run(tmp_path, [explanation()])
+    out = run_cli(
+        "score", str(run.root), "--scorer", "detection,fuzzing,intruder",
+        "--simulator", judge_backend,
+    )  # fmt: skip
+    assert {s.scorer for s in run.scores()} == {"detection", "fuzzing", "intruder"}
+    assert {u.stage for u in run.usage()} >= {"score-detection", "score-fuzzing", "score-intruder"}
+    assert "detection" in out.stdout and "intruder" in out.stdout  # the results table
+    # Again: everything is done, nothing is sent twice.
+    before = len(run.usage())
+    run_cli("score", str(run.root), "--scorer", "detection,fuzzing", "--simulator", judge_backend)
+    assert len(run.usage()) == before and len(run.scores()) == 3
+    # A scorer with its own model, an unknown scorer, a scorer named twice.
+    config = RunConfig.build(run_dir=run.root, score={"model": "gpt-4o-mini"})
+    (emb,) = api.scorer_configs(config, api.parse_scorers("embedding"))
+    assert emb.score.model == "hf:embedded" and emb.score.scorer == "embedding"
+    (own,) = api.scorer_configs(config, api.parse_scorers("detection=judge:y"))
+    assert own.score.model == "judge:y"
+    for bad, says in (("detections", "unknown scorer"), ("detection,detection", "twice"),
+                      (" , ", "no scorer")):  # fmt: skip
+        with pytest.raises(ConfigError, match=says):
+            api.parse_scorers(bad)
+    failed = run_cli("score", str(run.root), "--scorer", "simulation,nope", check=False)
+    assert failed.returncode != 0 and "unknown scorer 'nope'" in failed.stdout + failed.stderr

@@ -229,6 +229,79 @@ async def score_async(
         return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 
+def parse_scorers(text: str) -> list[tuple[str, str | None]]:
+    """`"simulation,detection,embedding=hf:DIR"` → [(scorer, model or None), ...].
+
+    A scorer may name its own model after `=`; otherwise it uses the score section's
+    model. Names are checked against the registry here, before anything runs.
+    """
+    from neuroscribe.scorer.registry import SCORERS
+
+    out: list[tuple[str, str | None]] = []
+    for part in text.split(","):
+        name, _, model = part.strip().partition("=")
+        name, model = name.strip(), model.strip()
+        if not name:
+            continue
+        if name not in SCORERS:
+            raise ConfigError(
+                f"--scorer: unknown scorer {name!r}; choose from {', '.join(SCORERS)}"
+            )
+        if any(n == name for n, _ in out):
+            raise ConfigError(f"scorer {name!r} is named twice")
+        out.append((name, model or None))
+    if not out:
+        raise ConfigError("no scorer named: give one or more, e.g. simulation,detection")
+    return out
+
+
+def scorer_configs(
+    config: RunConfig, scorers: Sequence[tuple[str, str | None]], hooks: Hooks | None = None
+) -> list[RunConfig]:
+    """One RunConfig per scorer (its own score section, so its own config hash).
+
+    The embedding scorer needs a local sentence-embedding model: when the shared model is
+    an API model and no `embedding=MODEL` is given, it uses its offline default (said in a
+    message) rather than refusing the whole multi-scorer job.
+    """
+    from neuroscribe.config import ScoreSection
+    from neuroscribe.llm.base import EMBEDDED_SPEC
+    from neuroscribe.llm.registry import backend_info
+
+    hooks = hooks or Hooks()
+    out = []
+    for name, model in scorers:
+        data = {**config.score.model_dump(), "scorer": name}
+        if model is not None:
+            data["model"] = model
+        elif name == "embedding" and not backend_info(config.score.model).local:
+            data["model"] = EMBEDDED_SPEC
+            hooks.message(
+                f"embedding scorer: {config.score.model} is an API model; using the offline "
+                "default all-MiniLM-L6-v2 (name another with embedding=hf:MODEL)"
+            )
+        out.append(config.model_copy(update={"score": ScoreSection.model_validate(data)}))
+    return out
+
+
+async def score_many_async(
+    config: RunConfig,
+    scorers: Sequence[tuple[str, str | None]],
+    records: Sequence[NeuronRecord] | None = None,
+    hooks: Hooks | None = None,
+) -> list[JobSummary]:
+    """Score every explanation with each scorer in turn (each resumes on its own)."""
+    configs = scorer_configs(config, scorers, hooks)
+    records = load_units(config) if records is None else records
+    return [await score_async(c, records, hooks) for c in configs]
+
+
+def score_many(
+    config: RunConfig, scorers: Sequence[tuple[str, str | None]], hooks: Hooks | None = None
+) -> list[JobSummary]:
+    return asyncio.run(score_many_async(config, scorers, hooks=hooks))
+
+
 def check_key(simulator: str, strategy: str, prompt_version: str) -> str:
     return f"{simulator}|{strategy}|{prompt_version}"
 
@@ -255,20 +328,33 @@ async def rescore_async(
         return _finish(RunDir(config.run_dir), summary, config, hooks or Hooks())
 
 
-async def run_async(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:
-    """Record if missing, explain, then score: the whole job, resumable at any point."""
+async def run_async(
+    config: RunConfig,
+    hooks: Hooks | None = None,
+    scorers: Sequence[tuple[str, str | None]] | None = None,
+) -> list[JobSummary]:
+    """Record if missing, explain, then score: the whole job, resumable at any point.
+
+    `scorers` (see `parse_scorers`): score with each in turn instead of the score
+    section's one scorer; the summaries are the explain stage's, then one per scorer.
+    """
     hooks = hooks or Hooks()
-    check_prices(config, [config.explain.model, config.score.model])
+    configs = scorer_configs(config, scorers, hooks) if scorers else [config]
+    check_prices(config, [config.explain.model, *(c.score.model for c in configs)])
     with RunDir(config.run_dir).lock():  # one lock for all three stages
         record_if_missing(config, hooks)
         records = load_units(config)
         explained = await explain_async(config, records, hooks)
-        scored = await score_async(config, records, hooks)
-        return [explained, scored]
+        scored = [await score_async(c, records, hooks) for c in configs]
+        return [explained, *scored]
 
 
-def run(config: RunConfig, hooks: Hooks | None = None) -> list[JobSummary]:
-    return asyncio.run(run_async(config, hooks))
+def run(
+    config: RunConfig,
+    hooks: Hooks | None = None,
+    scorers: Sequence[tuple[str, str | None]] | None = None,
+) -> list[JobSummary]:
+    return asyncio.run(run_async(config, hooks, scorers))
 
 
 def explain(config: RunConfig, hooks: Hooks | None = None) -> JobSummary:

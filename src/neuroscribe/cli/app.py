@@ -72,6 +72,7 @@ COMMAND_MODULES: list[str] = [
     "report",
     "record",
     "check",
+    "study",
 ]
 
 

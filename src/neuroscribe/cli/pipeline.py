@@ -56,7 +56,9 @@ SimulatorOpt = Annotated[
 ScorerOpt = Annotated[
     str,
     typer.Option(
-        "--scorer", help="Scorer: simulation (simulate, then correlate), or any registered one."
+        "--scorer",
+        help="Scorer(s), comma-separated: simulation (simulate, then correlate), detection, "
+        "fuzzing, intruder, embedding; NAME=MODEL gives one its own model.",
     ),
 ]
 BaseUrlOpt = Annotated[
@@ -390,22 +392,42 @@ def explain(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     api.explain(config, hooks(console))
 
 
+def _scorers(flags: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """`--scorer a,b=MODEL,...` parsed; the config keeps the first name (it is validated
+    there too), and each scorer gets its own score section when the stage runs."""
+    parsed = api.parse_scorers(flags["scorer"])
+    flags["scorer"] = parsed[0][0]
+    return parsed
+
+
+def _score_with(flags: dict[str, Any]) -> None:
+    scorers = _scorers(flags)
+    config = _config(flags)
+    if flags["dry_run"]:
+        configs = api.scorer_configs(config, scorers)
+        api.check_prices(config, [c.score.model for c in configs])
+        for c in configs:
+            print_estimates(console, api.estimate(c, ["score"]))
+        return
+    api.score_many(config, scorers, hooks(console))
+
+
 @app.command()
 @takes(*SCORE, *COMMON, *JOB)
 def simulate(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
-    """Score explanations on their held-out excerpts: by default simulate them, then correlate (simulations.jsonl, scores.jsonl)."""
-    config = _config(flags)
-    if flags["dry_run"]:
-        api.check_prices(config, [config.score.model])
-        print_estimates(console, api.estimate(config, ["score"]))
-        return
-    api.score(config, hooks(console))
+    """Score explanations on their held-out excerpts: by default simulate them, then correlate (simulations.jsonl, scores.jsonl); --scorer a,b,c runs several scorers."""
+    _score_with(flags)
 
 
 @app.command()
-def score(run: RunArg = DEFAULT_RUN) -> None:
-    """Score stored simulations that have no score yet (no model): correlation, R², 95% intervals."""
-    api.rescore(_config({"run": run}), hooks(console))
+@takes(*SCORE, *COMMON, *JOB, scorer=None)
+def score(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
+    """Without --scorer: score stored simulations that have no score yet (no model). With --scorer simulation,detection,...: score every explanation with each (as simulate does)."""
+    if flags["scorer"] is None:
+        api.rescore(_config({"run": run}), hooks(console))
+        _print_results(run)
+        return
+    _score_with(flags)
     _print_results(run)
 
 
@@ -413,10 +435,15 @@ def score(run: RunArg = DEFAULT_RUN) -> None:
 @takes(*EXPLAIN, *SCORE, *COMMON, *JOB, *RECORD)
 def run_all(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Explain, simulate and score in one go (records the embedded model first if the run has none)."""
+    scorers = _scorers(flags)
     config = _config(flags)
     if flags["dry_run"]:
-        api.check_prices(config, [config.explain.model, config.score.model])
-        print_estimates(console, api.estimate(config))
+        configs = api.scorer_configs(config, scorers)
+        api.check_prices(config, [config.explain.model, *(c.score.model for c in configs)])
+        for i, c in enumerate(configs):
+            # Each scorer's estimate plans the explanations not written yet, too.
+            estimates = api.estimate(c)
+            print_estimates(console, estimates if i == 0 else estimates[1:])
         return
-    summaries = api.run(config, hooks(console))
-    _print_results(run, summaries[-1].config_hash)
+    summaries = api.run(config, hooks(console), scorers=scorers)
+    _print_results(run, summaries[-1].config_hash if len(summaries) == 2 else None)
