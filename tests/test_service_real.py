@@ -198,3 +198,21 @@ def test_a_job_on_the_embedded_model_gives_the_same_lines_as_neuroscribe_run(ser
         assert score == pytest.approx(ref_score, abs=1e-4)  # same numbers, another process
     assert len(ours["scores"]) == 2  # measured: both units get a real explanation
     assert not ours["duplicates"]
+
+
+def test_bounded_load_reports_read_latency_percentiles_while_a_job_runs():
+    # bench/service_load.py, kept small: 4 clients x 25 requests, one round, loopback only.
+    # It stops at the first non-200, so a clean exit means every request succeeded.
+    bench = Path(__file__).resolve().parent.parent / "bench" / "service_load.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--clients", "4", "--requests", "25", "--repeats", "1",
+         "--units", "40"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "median throughput:" in proc.stdout
+    table = proc.stdout.split("p95 ms", 1)[1]
+    rows = {line.split()[0]: line.split()[1:] for line in table.strip().splitlines() if line}
+    for endpoint in ("list", "get", "units", "scores"):  # the read endpoints
+        p50, p95 = (float(x) for x in rows[endpoint])
+        assert 0 < p50 <= p95, (endpoint, p50, p95)
