@@ -219,7 +219,11 @@ async def score_async(
     with RunDir(config.run_dir).lock():
         async with open_model(sec.model, config, sec.timeout) as llm:
             scorer = await cls.build(
-                llm, strategy=sec.strategy, n_examples=sec.n_examples, prompt_version=sec.prompt
+                llm,
+                strategy=sec.strategy,
+                n_examples=sec.n_examples,
+                prompt_version=sec.prompt,
+                run_dir=config.run_dir,  # where output-side scorers find the subject model
             )
             _record_check(RunDir(config.run_dir), scorer)
             summary = await _run(ScoreStage(scorer, records, config.splits), config)

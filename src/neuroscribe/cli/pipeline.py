@@ -58,7 +58,7 @@ ScorerOpt = Annotated[
     typer.Option(
         "--scorer",
         help="Scorer(s), comma-separated: simulation (simulate, then correlate), detection, "
-        "fuzzing, intruder, embedding; NAME=MODEL gives one its own model.",
+        "fuzzing, intruder, embedding, logit-lens, steering; NAME=MODEL gives one its own model.",
     ),
 ]
 BaseUrlOpt = Annotated[

@@ -20,6 +20,8 @@ SCORERS: dict[str, str] = {
     "fuzzing": "neuroscribe.scorer.fuzzing:FuzzingScorer",
     "intruder": "neuroscribe.scorer.intruder:IntruderScorer",
     "embedding": "neuroscribe.scorer.embedding:EmbeddingScorer",
+    "logit-lens": "neuroscribe.scorer.logit_lens:LogitLensScorer",
+    "steering": "neuroscribe.scorer.steering:SteeringScorer",
 }
 
 
