@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
@@ -74,6 +74,33 @@ class Scorer(Protocol):
     async def score(self, task: ScoreTask) -> ScoreOutcome: ...
 
     def estimate(self, task: ScoreTask) -> Estimate: ...
+
+
+class OwnOptions:
+    """A scorer's own options out of the score section's (which carries the simulation
+    scorer's too): the names in `OPTIONS` that are set."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _own(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
+
+
+class ScorerParts(OwnOptions):
+    """What scorers that send prompts share (a mixin): their own options, and the token
+    counter of their model, with which a dry run counts their prompts."""
+
+    model: str | None
+
+    @property
+    def counter(self) -> Any:
+        """How this scorer's prompts are counted in a dry run (`estimate.TokenCounter`)."""
+        from neuroscribe.estimate import token_counter
+
+        if getattr(self, "_counter", None) is None:
+            self._counter = token_counter(self.model or "")
+        return self._counter
 
 
 def heldout_hash(excerpts: Sequence[Excerpt]) -> str:

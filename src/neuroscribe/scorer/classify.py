@@ -28,7 +28,7 @@ from neuroscribe.llm.base import Completion, TokenLogprob, clip_raw
 from neuroscribe.llm.messages import Message
 from neuroscribe.prompts.classify import render_excerpt, yes_no_answer
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
 from neuroscribe.scorer.maths import classification_metrics
 from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
@@ -288,7 +288,7 @@ class _Answered:
     p_yes: list[float | None]
 
 
-class ClassifierScorer:
+class ClassifierScorer(ScorerParts):
     """An LLM classifies held-out items (excerpts, marked excerpts); metrics over its answers.
 
     Subclasses set `name`, `stage`, `prompt_version`, `messages` and `items`.
@@ -333,12 +333,6 @@ class ClassifierScorer:
         self.window = window
         self.logprobs = logprobs
         self._counter: Any = None
-
-    @classmethod
-    def _own(cls, options: dict[str, Any]) -> dict[str, Any]:
-        # The score section passes the simulation scorer's options (strategy, n_examples,
-        # prompt_version) to every scorer; a classifier takes only its own.
-        return {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
 
     @classmethod
     async def build(cls, llm: Any, **options: Any) -> ClassifierScorer:
@@ -494,15 +488,6 @@ class ClassifierScorer:
             flags=flags,
             usage=usage,
         )
-
-    @property
-    def counter(self) -> Any:
-        """How this scorer's prompts are counted in a dry run (`estimate.TokenCounter`)."""
-        from neuroscribe.estimate import token_counter
-
-        if self._counter is None:
-            self._counter = token_counter(self.model or "")
-        return self._counter
 
     def estimate(self, task: ScoreTask) -> Estimate:
         """The prompts `score` would send, counted; completions as a well-formed answer."""

@@ -29,7 +29,7 @@ import numpy as np
 from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
+from neuroscribe.scorer.base import OwnOptions, ScoreOutcome, ScoreTask
 from neuroscribe.scorer.classify import label_heldout, require_both, unit_rng, windows
 from neuroscribe.scorer.maths import roc_auc
 from neuroscribe.stages.base import Estimate
@@ -127,7 +127,7 @@ def excerpt_text(tokens: Sequence[str]) -> str:
     return "".join(tokens).strip()
 
 
-class EmbeddingScorer:
+class EmbeddingScorer(OwnOptions):
     """Explanation-to-excerpt cosine similarity, AUC over activating vs not."""
 
     name = "embedding"
@@ -151,10 +151,6 @@ class EmbeddingScorer:
         self.negative_fraction = negative_fraction
         self.query_prefix = query_prefix
         self.window = window
-
-    @classmethod
-    def _own(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
 
     @classmethod
     async def build(cls, llm: Any, *, model: str | None = None, **options: Any) -> EmbeddingScorer:

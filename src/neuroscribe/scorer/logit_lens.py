@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from neuroscribe.errors import ConfigError, LLMError, OutputError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
 from neuroscribe.scorer.classify import ask
 from neuroscribe.scorer.output_side import (
     Lens,
@@ -72,7 +72,7 @@ _LENSES: dict[tuple[Any, ...], Lens] = {}
 _LENSES_LOCK = threading.Lock()
 
 
-class LogitLensScorer:
+class LogitLensScorer(ScorerParts):
     """A judge rates the explanation against the unit's logit-lens tokens, minus a control."""
 
     name = "logit-lens"
@@ -122,11 +122,6 @@ class LogitLensScorer:
             store=store,
         )
         self._counter: Any = None
-
-    @classmethod
-    def _own(cls, options: dict[str, Any]) -> dict[str, Any]:
-        # The score section passes the simulation scorer's options to every scorer.
-        return {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
 
     @classmethod
     async def build(cls, llm: Any, **options: Any) -> LogitLensScorer:
@@ -250,14 +245,6 @@ class LogitLensScorer:
         )
 
     # ------------------------------------------------------------------ dry run
-
-    @property
-    def counter(self) -> Any:
-        from neuroscribe.estimate import token_counter
-
-        if self._counter is None:
-            self._counter = token_counter(self.model or "")
-        return self._counter
 
     def estimate(self, task: ScoreTask) -> Estimate:
         placeholder = [" token"] * self.top_k

@@ -13,7 +13,7 @@ from typing import Any
 from neuroscribe.errors import ConfigError
 from neuroscribe.prompts import SIMULATE_PROMPT_VERSION
 from neuroscribe.schema import ScoreInterval, SequenceSimulation, Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
 from neuroscribe.scorer.maths import ExcerptResult, score_explanation
 from neuroscribe.stages.base import Estimate
 
@@ -78,7 +78,7 @@ def _planned_strategy(spec: str, strategy: str, probe: dict | None) -> tuple[str
     return "chat-logprobs", 10, note
 
 
-class SimulationScorer:
+class SimulationScorer(ScorerParts):
     """Simulate-then-correlate. `simulator` may be None for planning (dry runs) only."""
 
     name = "simulation"
@@ -219,15 +219,6 @@ class SimulationScorer:
         outcome.usage = usage
         outcome.writes = {"simulations": new} if new else {}
         return outcome
-
-    @property
-    def counter(self) -> Any:
-        """How this scorer's prompts are counted in a dry run (`estimate.TokenCounter`)."""
-        from neuroscribe.estimate import token_counter
-
-        if self._counter is None:
-            self._counter = token_counter(self.model or "")
-        return self._counter
 
     def estimate(self, task: ScoreTask) -> Estimate:
         from neuroscribe.estimate import simulation_tokens

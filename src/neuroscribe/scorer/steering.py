@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from neuroscribe.errors import ConfigError, DataError, LLMError, OutputError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
 from neuroscribe.scorer.classify import ask
 from neuroscribe.scorer.output_side import (
     SubjectResolver,
@@ -182,7 +182,7 @@ _GENERATIONS_LOCK = threading.Lock()
 _MAX_CACHED = 512
 
 
-class SteeringScorer:
+class SteeringScorer(ScorerParts):
     """A judge picks steered vs unsteered continuations, against a control explanation."""
 
     name = "steering"
@@ -244,10 +244,6 @@ class SteeringScorer:
             store=store,
         )
         self._counter: Any = None
-
-    @classmethod
-    def _own(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if k in cls.OPTIONS and v is not None}
 
     @classmethod
     async def build(cls, llm: Any, **options: Any) -> SteeringScorer:
@@ -462,14 +458,6 @@ class SteeringScorer:
         )
 
     # ------------------------------------------------------------------ dry run
-
-    @property
-    def counter(self) -> Any:
-        from neuroscribe.estimate import token_counter
-
-        if self._counter is None:
-            self._counter = token_counter(self.model or "")
-        return self._counter
 
     def estimate(self, task: ScoreTask) -> Estimate:
         filler = " word" * self.max_new_tokens
