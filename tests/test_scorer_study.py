@@ -152,3 +152,25 @@ def test_a_judge_that_knows_the_rule_ranks_the_truth_first_and_never_sees_train_
     assert shown
     leaked = {t for t in train_only if len(t.strip()) > 3 and t in shown}
     assert not leaked, leaked
+
+
+def test_beats_random_pairs_each_unit_explanations_with_its_random_baseline(tmp_path):
+    from neuroscribe.schema import Explanation
+    from neuroscribe.study import beats_random
+
+    run = study_run(tmp_path)
+    # Units m/0/0..3 hold explanations e(2u) and e(2u+1); the second of each is random.
+    append_jsonl(run.path("explanations"), [
+        Explanation(explanation_id=f"e{i}", unit_id=f"m/0/{i // 2}", sample_index=0,
+                    text=f"text {i}", explainer="random" if i % 2 else "token-lookup",
+                    prompt_version="v", config_hash=f"h{i % 2}", train_excerpts=[])
+        for i in range(8)
+    ])  # fmt: skip
+    loaded = run.load()
+    # simulation: 0.1<0.5 lose, 0.3<0.9 lose, -0.2<0.7 lose, 0.4>0.0 win → 1 of 4.
+    values = {s.explanation_id: s.metrics["score"] for s in loaded.latest_scores("simulation")}
+    assert beats_random(loaded, values) == (0.25, 4)
+    rows = {r.scorer: r for r in study_scorers(loaded, n_boot=50).rows}
+    assert rows["simulation"].beats_random == 0.25 and rows["simulation"].n_beats_random == 4
+    assert rows["embedding"].n_beats_random == 3  # e6 has no embedding value: left out
+    assert beats_random(loaded, {}) == (None, 0)

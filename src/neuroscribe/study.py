@@ -50,6 +50,11 @@ class ScorerRow(BaseModel):
     completion_tokens_per_unit: float | None = None
     cost_per_unit_usd: float | None = None
     tokens_vs_reference: float | None = None  # prompt tokens per unit / the reference's
+    # Units with a `random`-baseline explanation and another one: how often this scorer
+    # puts the other one above the random phrase (ties count half). A scorer that cannot
+    # beat the floor on most units cannot rank explanations either.
+    beats_random: float | None = None
+    n_beats_random: int = 0
     groundtruth: GroundTruthRow | None = None
 
 
@@ -122,6 +127,38 @@ def headline_values(run: Run, scorer: str) -> tuple[str, dict[str, float], str |
     return metric, values, model
 
 
+RANDOM_EXPLAINER = "random"
+
+
+def beats_random(run: Run, values: dict[str, float]) -> tuple[float | None, int]:
+    """(share of pairs where an explanation beats the same unit's random baseline, pairs).
+
+    Every non-random explanation of a unit is paired with each of the unit's random ones
+    (by explanation id in `values`, the scorer's headline values)."""
+    by_unit: dict[str, dict[bool, list[float]]] = defaultdict(lambda: {True: [], False: []})
+    for e in run.explanations:
+        if e.explanation_id in values:
+            is_random = e.explainer == RANDOM_EXPLAINER
+            by_unit[e.unit_id][is_random].append(values[e.explanation_id])
+    wins, n = 0.0, 0
+    for groups in by_unit.values():
+        for v in groups[False]:
+            for r in groups[True]:
+                wins += 1.0 if v > r else 0.5 if v == r else 0.0
+                n += 1
+    return (wins / n if n else None), n
+
+
+def _free(model: str) -> bool:
+    from neuroscribe.errors import NeuroscribeError
+    from neuroscribe.llm.registry import backend_info
+
+    try:
+        return backend_info(model).free
+    except NeuroscribeError:
+        return False
+
+
 def usage_per_unit(run: Run, stage: str) -> tuple[float | None, float | None, float | None]:
     """Mean prompt tokens, completion tokens and cost per unit of one stage (usage.jsonl,
     cached calls included: what the scorer costs to run, not what this run paid)."""
@@ -132,7 +169,7 @@ def usage_per_unit(run: Run, stage: str) -> tuple[float | None, float | None, fl
         row = per_unit[u.unit_id]
         row[0] += u.prompt_tokens
         row[1] += u.completion_tokens
-        if u.cost_usd is None:
+        if u.cost_usd is None and not _free(u.model):  # an in-process model costs $0
             row[3] = False
         else:
             row[2] += u.cost_usd
@@ -181,6 +218,7 @@ def study_scorers(
             row.tokens_vs_reference = prompt / ref_tokens
         elif prompt is None and scorer != reference:
             row.tokens_vs_reference = 0.0  # no model calls at all (e.g. embedding)
+        row.beats_random, row.n_beats_random = beats_random(run, values)
         if groundtruth and scorer in groundtruth:
             row.groundtruth = groundtruth[scorer]
         rows.append(row)
@@ -215,6 +253,7 @@ def table_rows(study: ScorerStudy) -> list[list[str]]:
             else ("0" if r.tokens_vs_reference == 0 else "–"),
             _num(r.tokens_vs_reference, "{:.3f}") if not ref else "1",
             _num(r.cost_per_unit_usd, "${:.5f}"),
+            "–" if r.beats_random is None else f"{r.beats_random:.0%} of {r.n_beats_random}",
             "–" if gt is None else f"{gt.top1_rate:.0%} (chance {gt.chance_rate:.0%}), "
             f"margin {gt.mean_margin:+.3f}{_ci(gt.margin_interval)} [{gt.split}, {gt.n_units}]",
         ])  # fmt: skip
@@ -223,7 +262,7 @@ def table_rows(study: ScorerStudy) -> list[list[str]]:
 
 HEADERS = ["scorer", "metric", "explanations", "Spearman vs reference", "Kendall vs reference",
            "prompt tokens / unit", "tokens vs reference", "cost / unit",
-           "ground truth: true first"]  # fmt: skip
+           "beats the random baseline", "ground truth: true first"]  # fmt: skip
 
 
 def to_markdown(study: ScorerStudy) -> str:

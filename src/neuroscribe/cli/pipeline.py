@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -367,9 +368,16 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
         shown = f"{s.score:+.3f}" + (f" ({', '.join(flags)})" if flags else "")
         table.add_row(unit, text, s.scorer, shown, ci)
     console.print(table)
-    if scores:
-        mean = sum(s.score for s in scores) / len(scores)
-        console.print(f"{len(scores)} explanations, mean score {mean:+.3f}")
+    # One mean per scorer and metric: averaging an AUC with a correlation means nothing.
+    by_scorer: dict[tuple[str, str], list[float]] = {}
+    for s in scores:
+        by_scorer.setdefault((s.scorer, s.primary_metric), []).append(s.score)
+    for (scorer, metric), values in by_scorer.items():
+        name = "score" if metric == "score" else f"{scorer} {metric}"
+        prefix = "" if len(by_scorer) == 1 else f"{scorer}: "
+        finite = [v for v in values if math.isfinite(v)]
+        mean = f"{sum(finite) / len(finite):+.3f}" if finite else "–"
+        console.print(f"{prefix}{len(values)} explanations, mean {name} {mean}")
     failures = loaded.open_failures()
     if failures:
         console.print(
