@@ -174,3 +174,19 @@ def test_beats_random_pairs_each_unit_explanations_with_its_random_baseline(tmp_
     assert rows["simulation"].beats_random == 0.25 and rows["simulation"].n_beats_random == 4
     assert rows["embedding"].n_beats_random == 3  # e6 has no embedding value: left out
     assert beats_random(loaded, {}) == (None, 0)
+
+
+def test_cost_per_unit_is_zero_for_in_process_models_and_unknown_for_unpriced_apis(tmp_path):
+    from neuroscribe.study import usage_per_unit
+
+    run = study_run(tmp_path)
+    append_jsonl(run.path("usage"), [
+        UsageRecord(stage="score-intruder", model="hf:embedded", unit_id="m/0/0",
+                    prompt_tokens=40, cost_usd=None),
+        UsageRecord(stage="score-fuzzing", model="some-api-model", unit_id="m/0/0",
+                    prompt_tokens=40, cost_usd=None),
+    ])  # fmt: skip
+    loaded = run.load()
+    assert usage_per_unit(loaded, "score-intruder") == (40.0, 0.0, 0.0)
+    assert usage_per_unit(loaded, "score-fuzzing") == (40.0, 0.0, None)
+    assert usage_per_unit(loaded, "score-nothing") == (None, None, None)

@@ -169,10 +169,10 @@ def usage_per_unit(run: Run, stage: str) -> tuple[float | None, float | None, fl
         row = per_unit[u.unit_id]
         row[0] += u.prompt_tokens
         row[1] += u.completion_tokens
-        if u.cost_usd is None and not _free(u.model):  # an in-process model costs $0
-            row[3] = False
-        else:
+        if u.cost_usd is not None:
             row[2] += u.cost_usd
+        elif not _free(u.model):  # unknown price; an in-process model costs $0
+            row[3] = False
     if not per_unit:
         return None, None, None
     rows = list(per_unit.values())

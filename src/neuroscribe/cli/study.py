@@ -53,6 +53,7 @@ def study_scorers_cmd(
     from neuroscribe.study import HEADERS, GroundTruthRow, study_scorers, table_rows, write_report
 
     loaded = RunDir(run).load()
+    study = study_scorers(loaded, reference=reference)  # cheap: fails before the check would
     gt: dict[str, GroundTruthRow] | None = None
     if groundtruth:
         from neuroscribe.groundtruth.scorers import check_run_scorers_async
@@ -70,7 +71,9 @@ def study_scorers_cmd(
             name: GroundTruthRow(split=split, **s.model_dump(include=set(keep)))
             for name, s in summaries.items()
         }
-    study = study_scorers(loaded, reference=reference, groundtruth=gt)
+    if gt is not None:
+        for row in study.rows:
+            row.groundtruth = gt.get(row.scorer)
     table = Table(title=f"Scorer study · {study.n_units} units · reference {reference}")
     for h in HEADERS:
         table.add_column(h, overflow="fold")
