@@ -18,22 +18,10 @@ from neuroscribe.schema import ActivationRecord, NeuronRecord
 from test_service_real import Server
 from test_service_real import server as server
 from test_view_browser import ARTIFACTS
+from test_view_browser import _watch as watch
 from test_view_browser import browser as browser
 
 pytestmark = pytest.mark.slow
-
-
-def watch(page):
-    events = {"dialogs": [], "errors": []}
-
-    def on_dialog(d):
-        events["dialogs"].append(d.message)
-        d.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("pageerror", lambda e: events["errors"].append(str(e)))
-    page.on("console", lambda m: m.type == "error" and events["errors"].append(m.text))
-    return events
 
 
 def until(ok, timeout: float = 30.0) -> None:
