@@ -32,14 +32,13 @@ from typing import Any, ClassVar
 from neuroscribe.errors import ConfigError, LLMError, OutputError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
 from neuroscribe.scorer.classify import ask
 from neuroscribe.scorer.output_side import (
+    JudgedOutputScorer,
     Lens,
-    SubjectResolver,
     control_explanation,
     controls_hash,
-    default_controls,
     parse_rating,
     top_tokens,
 )
@@ -72,7 +71,7 @@ _LENSES: dict[tuple[Any, ...], Lens] = {}
 _LENSES_LOCK = threading.Lock()
 
 
-class LogitLensScorer(ScorerParts):
+class LogitLensScorer(JudgedOutputScorer):
     """A judge rates the explanation against the unit's logit-lens tokens, minus a control."""
 
     name = "logit-lens"
@@ -103,30 +102,12 @@ class LogitLensScorer(ScorerParts):
     ) -> None:
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, not {top_k}")
-        if max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
-        self.llm = llm
-        self.model = spec
         self.top_k = top_k
         self.final_norm = final_norm
-        self.controls = tuple(controls) if controls else default_controls()
-        self.max_attempts = max_attempts
-        self.resolver = SubjectResolver(
-            self.name,
-            subject=subject,
-            run_dir=run_dir,
-            sae=sae,
-            sae_k=sae_k,
-            device=device,
-            dtype=dtype,
-            store=store,
-        )
-        self._counter: Any = None
-
-    @classmethod
-    async def build(cls, llm: Any, **options: Any) -> LogitLensScorer:
-        """The live scorer: `llm` is the judge."""
-        return cls(llm, spec=llm.spec, **cls._own(options))
+        self._init_judged(
+            llm, spec, controls=controls, max_attempts=max_attempts, subject=subject,
+            run_dir=run_dir, sae=sae, sae_k=sae_k, device=device, dtype=dtype, store=store,
+        )  # fmt: skip
 
     @classmethod
     def planned(

@@ -39,6 +39,7 @@ from typing import Any
 from neuroscribe.errors import ConfigError, DataError, OutputError
 from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX, clip_raw
 from neuroscribe.schema import NeuronRecord
+from neuroscribe.scorer.base import ScorerParts
 
 # Where the final norm before the unembedding lives, by family.
 FINAL_NORMS = (
@@ -510,3 +511,48 @@ __all__ = [
     "unembedding",
     "unit_direction",
 ]
+
+
+class JudgedOutputScorer(ScorerParts):
+    """What the output-side scorers share: a judge model, control explanations, retries,
+    and the resolver that finds the unit's weights in its subject model."""
+
+    name: str
+
+    def _init_judged(
+        self,
+        llm: Any | None,
+        spec: str,
+        *,
+        controls: Sequence[str] | None,
+        max_attempts: int,
+        subject: str | None,
+        run_dir: str | None,
+        sae: str | None,
+        sae_k: int | None,
+        device: str | None,
+        dtype: str | None,
+        store: Any,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
+        self.llm = llm
+        self.model = spec
+        self.controls = tuple(controls) if controls else default_controls()
+        self.max_attempts = max_attempts
+        self.resolver = SubjectResolver(
+            self.name,
+            subject=subject,
+            run_dir=run_dir,
+            sae=sae,
+            sae_k=sae_k,
+            device=device,
+            dtype=dtype,
+            store=store,
+        )
+        self._counter: Any = None
+
+    @classmethod
+    async def build(cls, llm: Any, **options: Any) -> Any:
+        """The live scorer: `llm` is the judge."""
+        return cls(llm, spec=llm.spec, **cls._own(options))

@@ -32,14 +32,13 @@ from typing import Any, ClassVar
 from neuroscribe.errors import ConfigError, DataError, LLMError, OutputError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
-from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
+from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
 from neuroscribe.scorer.classify import ask
 from neuroscribe.scorer.output_side import (
-    SubjectResolver,
+    JudgedOutputScorer,
     UnitDirection,
     control_explanation,
     controls_hash,
-    default_controls,
     parse_ab,
     seeded_rng,
 )
@@ -182,7 +181,7 @@ _GENERATIONS_LOCK = threading.Lock()
 _MAX_CACHED = 512
 
 
-class SteeringScorer(ScorerParts):
+class SteeringScorer(JudgedOutputScorer):
     """A judge picks steered vs unsteered continuations, against a control explanation."""
 
     name = "steering"
@@ -223,32 +222,14 @@ class SteeringScorer(ScorerParts):
             raise ConfigError("steering needs at least one non-empty prompt")
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-        if max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
-        self.llm = llm
-        self.model = spec
         self.strengths = strengths
         self.prompts = tuple(prompts)
         self.max_new_tokens = max_new_tokens
-        self.controls = tuple(controls) if controls else default_controls()
         self.seed = seed
-        self.max_attempts = max_attempts
-        self.resolver = SubjectResolver(
-            self.name,
-            subject=subject,
-            run_dir=run_dir,
-            sae=sae,
-            sae_k=sae_k,
-            device=device,
-            dtype=dtype,
-            store=store,
-        )
-        self._counter: Any = None
-
-    @classmethod
-    async def build(cls, llm: Any, **options: Any) -> SteeringScorer:
-        """The live scorer: `llm` is the judge."""
-        return cls(llm, spec=llm.spec, **cls._own(options))
+        self._init_judged(
+            llm, spec, controls=controls, max_attempts=max_attempts, subject=subject,
+            run_dir=run_dir, sae=sae, sae_k=sae_k, device=device, dtype=dtype, store=store,
+        )  # fmt: skip
 
     @classmethod
     def planned(
