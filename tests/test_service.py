@@ -289,10 +289,10 @@ def test_single_explain_simulate_and_score_calls(svc):
 
 
 def test_single_calls_stay_fast_while_a_job_keeps_its_loop_busy(root):
-    # The job's model holds its event loop 0.3 s per call (CPU-bound work on a loop);
+    # The job's model holds its event loop 0.2 s per call (CPU-bound work on a loop);
     # single calls have their own loop, so they answer at once meanwhile.
-    busy = config(explain={"model": "svcfake:b0.3"}, jobs={"concurrency": 4})
-    make_run(root / "busy", 24)  # ~7 s of loop-holding work
+    busy = config(explain={"model": "svcfake:b0.2"}, jobs={"concurrency": 4})
+    make_run(root / "busy", 16)  # ~3 s of loop-holding work
     with open_service(root) as c:
         job = start(c, "busy", busy)
         wait(c, job["id"], states=("running",))
