@@ -29,7 +29,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from neuroscribe.errors import ConfigError, LLMError, OutputError
+from neuroscribe.errors import ConfigError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
 from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
@@ -189,18 +189,7 @@ class LogitLensScorer(JudgedOutputScorer):
             self._rate(control, promoted),
             return_exceptions=True,
         )
-        usage = Usage()
-        for r in results:
-            if isinstance(r, OutputError) and r.usage is not None:
-                usage = usage.add(r.usage)
-            elif not isinstance(r, BaseException):
-                usage = usage.add(r[1])
-        for r in results:
-            if isinstance(r, OutputError):
-                raise OutputError(f"{self.name} judge: {r}", raw=r.raw, usage=usage) from r
-        for r in results:
-            if isinstance(r, (LLMError, BaseException)):
-                raise r
+        usage = self._settle(results)
         (value, _, raw), (ctrl, _, ctrl_raw) = results  # type: ignore[misc]
         return ScoreOutcome(
             metrics={

@@ -38,7 +38,7 @@ from typing import Any
 
 from neuroscribe.errors import ConfigError, DataError, OutputError
 from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX, clip_raw
-from neuroscribe.schema import NeuronRecord
+from neuroscribe.schema import NeuronRecord, Usage
 from neuroscribe.scorer.base import ScorerParts
 
 # Where the final norm before the unembedding lives, by family.
@@ -556,3 +556,22 @@ class JudgedOutputScorer(ScorerParts):
     async def build(cls, llm: Any, **options: Any) -> Any:
         """The live scorer: `llm` is the judge."""
         return cls(llm, spec=llm.spec, **cls._own(options))
+
+    def _settle(self, results: Sequence[Any]) -> Usage:
+        """The judge calls' total usage (failed attempts included); the first unusable
+        answer is raised with that total (so the failure line counts every token spent),
+        any other error as it came. `results`: `asyncio.gather(..., return_exceptions=True)`
+        of calls returning `(value, usage, raw)`."""
+        usage = Usage()
+        for r in results:
+            if isinstance(r, OutputError) and r.usage is not None:
+                usage = usage.add(r.usage)
+            elif not isinstance(r, BaseException):
+                usage = usage.add(r[1])
+        for r in results:
+            if isinstance(r, OutputError):
+                raise OutputError(f"{self.name} judge: {r}", raw=r.raw, usage=usage) from r
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return usage

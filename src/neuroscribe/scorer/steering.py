@@ -29,7 +29,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from neuroscribe.errors import ConfigError, DataError, LLMError, OutputError
+from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
 from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
@@ -366,18 +366,7 @@ class SteeringScorer(JudgedOutputScorer):
             for text in (task.explanation.text, control):
                 jobs.append(self._judge(text, self.prompts[i], a, b))
         results = await asyncio.gather(*jobs, return_exceptions=True)
-        usage = Usage()
-        for r in results:
-            if isinstance(r, OutputError) and r.usage is not None:
-                usage = usage.add(r.usage)
-            elif not isinstance(r, BaseException):
-                usage = usage.add(r[1])
-        for r in results:
-            if isinstance(r, OutputError):
-                raise OutputError(f"{self.name} judge: {r}", raw=r.raw, usage=usage) from r
-        for r in results:
-            if isinstance(r, (LLMError, BaseException)):
-                raise r
+        usage = self._settle(results)
 
         answers: list[dict[str, Any]] = []
         hits: list[float] = []
