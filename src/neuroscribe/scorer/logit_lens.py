@@ -38,7 +38,6 @@ from neuroscribe.scorer.output_side import (
     JudgedOutputScorer,
     Lens,
     control_explanation,
-    controls_hash,
     parse_rating,
     top_tokens,
 )
@@ -116,18 +115,6 @@ class LogitLensScorer(JudgedOutputScorer):
         """For dry runs: nothing loaded or sent; promoted tokens are counted as placeholders."""
         note = "promoted tokens counted as placeholders (the subject model is not loaded)"
         return cls(None, spec=spec, **cls._own(options)), note
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "scorer": self.name,
-            "model": self.model,
-            "prompt_version": self.prompt_version,
-            "top_k": self.top_k,
-            "final_norm": self.final_norm,
-            "subject": self.resolver.subject,
-            "sae": self.resolver.sae,
-            "controls": controls_hash(self.controls),
-        }
 
     def comparable(self) -> dict[str, Any]:
         return {

@@ -557,6 +557,19 @@ class JudgedOutputScorer(ScorerParts):
         """The live scorer: `llm` is the judge."""
         return cls(llm, spec=llm.spec, **cls._own(options))
 
+    def config(self) -> dict[str, Any]:
+        """What changes the numbers: what must match to compare (`comparable`), plus where
+        the weights come from and which control explanations the judge rates."""
+        return {
+            **self.comparable(),
+            "subject": self.resolver.subject,
+            "sae": self.resolver.sae,
+            "controls": controls_hash(self.controls),
+        }
+
+    def comparable(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     def _settle(self, results: Sequence[Any]) -> Usage:
         """The judge calls' total usage (failed attempts included); the first unusable
         answer is raised with that total (so the failure line counts every token spent),

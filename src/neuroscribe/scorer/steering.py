@@ -38,7 +38,6 @@ from neuroscribe.scorer.output_side import (
     JudgedOutputScorer,
     UnitDirection,
     control_explanation,
-    controls_hash,
     parse_ab,
     seeded_rng,
 )
@@ -242,18 +241,7 @@ class SteeringScorer(JudgedOutputScorer):
         return cls(None, spec=spec, **cls._own(options)), note
 
     def config(self) -> dict[str, Any]:
-        return {
-            "scorer": self.name,
-            "model": self.model,
-            "prompt_version": self.prompt_version,
-            "strengths": list(self.strengths),
-            "prompts": list(self.prompts),
-            "max_new_tokens": self.max_new_tokens,
-            "seed": self.seed,
-            "subject": self.resolver.subject,
-            "sae": self.resolver.sae,
-            "controls": controls_hash(self.controls),
-        }
+        return {**super().config(), "seed": self.seed}
 
     def comparable(self) -> dict[str, Any]:
         return {
