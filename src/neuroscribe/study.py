@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from neuroscribe.rundir import Run
+from neuroscribe.scorer.registry import stage_name
 
 STUDY_VERSION = 1
 
@@ -102,16 +103,6 @@ def rank_agreement(
 
 
 # ---------------------------------------------------------------- the study
-
-
-def _stage_of(scorer: str) -> str:
-    from neuroscribe.errors import NeuroscribeError
-    from neuroscribe.scorer.registry import scorer_factory
-
-    try:
-        return getattr(scorer_factory(scorer), "stage", f"score-{scorer}")
-    except NeuroscribeError:
-        return f"score-{scorer}"
 
 
 def headline_values(run: Run, scorer: str) -> tuple[str, dict[str, float], str | None]:
@@ -198,7 +189,7 @@ def study_scorers(
             f"{reference},...` first"
         )
     _, ref_values, _ = headline_values(run, reference)
-    ref_tokens = usage_per_unit(run, _stage_of(reference))[0]
+    ref_tokens = usage_per_unit(run, stage_name(reference))[0]
     rows = []
     for scorer in scorers:
         metric, values, model = headline_values(run, scorer)
@@ -211,7 +202,7 @@ def study_scorers(
             agreement = rank_agreement([ref_values[i] for i in paired],
                                        [values[i] for i in paired], n_boot=n_boot)  # fmt: skip
             row = row.model_copy(update=agreement)
-        prompt, completion, cost = usage_per_unit(run, _stage_of(scorer))
+        prompt, completion, cost = usage_per_unit(run, stage_name(scorer))
         row.prompt_tokens_per_unit, row.completion_tokens_per_unit = prompt, completion
         row.cost_per_unit_usd = cost
         if prompt is not None and ref_tokens:

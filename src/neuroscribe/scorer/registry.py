@@ -41,3 +41,16 @@ def scorer_factory(name: str) -> Callable[..., Any]:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def stage_name(scorer: str, default: str | None = None) -> str:
+    """The stage a scorer writes its usage and summary under (`simulate` for simulation,
+    `score-<name>` for the others); `default` (else `score-<name>`) for a name this
+    process cannot load, e.g. a plug-in of another installation."""
+    from neuroscribe.errors import NeuroscribeError
+
+    fallback = default if default is not None else f"score-{scorer}"
+    try:
+        return getattr(scorer_factory(scorer), "stage", fallback)
+    except NeuroscribeError:
+        return fallback

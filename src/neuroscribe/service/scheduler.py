@@ -61,12 +61,9 @@ def build_config(run_dir: Path, stored: dict[str, Any], api_key: SecretStr | Non
 
 
 def score_stage_name(config: Any) -> str:
-    from neuroscribe.scorer.registry import scorer_factory
+    from neuroscribe.scorer.registry import stage_name
 
-    try:
-        return getattr(scorer_factory(config.score.scorer), "stage", config.score.scorer)
-    except NeuroscribeError:
-        return config.score.scorer
+    return stage_name(config.score.scorer, default=config.score.scorer)
 
 
 class Scheduler:
