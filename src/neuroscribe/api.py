@@ -207,6 +207,18 @@ async def explain_async(
         return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 
+async def build_scorer(llm: Any, config: RunConfig) -> Any:
+    """The score section's scorer on `llm` (an open model), as every caller builds it."""
+    sec = config.score
+    return await scorer_factory(sec.scorer).build(
+        llm,
+        strategy=sec.strategy,
+        n_examples=sec.n_examples,
+        prompt_version=sec.prompt,
+        run_dir=config.run_dir,  # where output-side scorers find the subject model
+    )
+
+
 async def score_async(
     config: RunConfig, records: Sequence[NeuronRecord] | None = None, hooks: Hooks | None = None
 ) -> JobSummary:
@@ -215,16 +227,10 @@ async def score_async(
     sec = config.score
     check_prices(config, [sec.model])
     records = load_units(config) if records is None else records
-    cls = scorer_factory(sec.scorer)
+    scorer_factory(sec.scorer)  # an unknown or unloadable scorer fails before any model opens
     with RunDir(config.run_dir).lock():
         async with open_model(sec.model, config, sec.timeout) as llm:
-            scorer = await cls.build(
-                llm,
-                strategy=sec.strategy,
-                n_examples=sec.n_examples,
-                prompt_version=sec.prompt,
-                run_dir=config.run_dir,  # where output-side scorers find the subject model
-            )
+            scorer = await build_scorer(llm, config)
             _record_check(RunDir(config.run_dir), scorer)
             summary = await _run(ScoreStage(scorer, records, config.splits), config)
         summary.details = {

@@ -119,15 +119,12 @@ async def check_run_scorers_async(
     """Each (scorer, model) built as `neuroscribe score` builds it from `config`'s score
     section, then checked on the suite: {scorer: summary}."""
     from neuroscribe import api
-    from neuroscribe.scorer.registry import scorer_factory
 
     units = select(load_suite(suite), split)[:max_units]
     out = {}
     for cfg in api.scorer_configs(config, scorers):
         sec = cfg.score
         async with api.open_model(sec.model, cfg, sec.timeout) as llm:
-            scorer = await scorer_factory(sec.scorer).build(
-                llm, strategy=sec.strategy, n_examples=sec.n_examples, prompt_version=sec.prompt
-            )
+            scorer = await api.build_scorer(llm, cfg)
             out[sec.scorer], _ = await check_scorer_units(units, scorer)
     return out
