@@ -228,12 +228,27 @@ class LocalLLM:
         dtype: str | None = None,
         loaded: LocalModel | None = None,
         store: ModelStore | None = None,
+        max_batch: int | None = None,
+        prefix_cache: bool = True,
     ):
+        if max_batch is not None and max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
         self.spec = spec
         self._device = device
         self._dtype = dtype
         self._loaded = loaded
         self._store = store
+        self._max_batch = max_batch
+        # The unoptimised path (one `generate` per call, whole prompt each time) when both
+        # are off: what the parity tests and the benchmark compare against.
+        self.prefix_cache = prefix_cache
+
+    @property
+    def max_batch(self) -> int:
+        """Sequences per batched `generate`: 8 on CPU, 32 on GPU (unless given)."""
+        if self._max_batch is not None:
+            return self._max_batch
+        return 32 if str(self.loaded.device).startswith("cuda") else 8
 
     @property
     def loaded(self) -> LocalModel:
@@ -264,17 +279,52 @@ class LocalLLM:
     ) -> LLMResponse:
         loaded = await asyncio.to_thread(lambda: self.loaded)
         ids = chat_prompt_ids(loaded.tokenizer, messages)
-        return await run_on_model(
-            loaded,
-            _generate,
-            loaded,
-            ids,
-            n=n,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            top_logprobs=top_logprobs,
-            stop=stop,
+        prefix = 0
+        if self.prefix_cache and len(messages) > 1:
+            # Every message but the last (instructions, few-shot turns) is what the calls
+            # of a job share: its KV cache is computed once and reused.
+            from neuroscribe.llm.local_batch import declared_prefix
+
+            head = chat_prefix_ids(loaded.tokenizer, messages[:-1])
+            prefix = declared_prefix(loaded.tokenizer, head, ids)
+        return await self._generate(
+            loaded, ids, prefix, n, temperature, max_tokens, top_logprobs, stop
         )
+
+    async def _generate(
+        self,
+        loaded: LocalModel,
+        ids: list[int],
+        prefix: int,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        top_logprobs: int | None,
+        stop: list[str] | None,
+    ) -> LLMResponse:
+        """Batched with concurrent calls (and from a cached prefix), or alone when the
+        batch size is 1 and the prefix cache off (the unoptimised path)."""
+        from neuroscribe.llm.local_batch import GenParams, GenRequest, batcher_for, check_request
+
+        if self.max_batch == 1 and not self.prefix_cache:
+            return await run_on_model(
+                loaded,
+                _generate,
+                loaded,
+                ids,
+                n=n,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                top_logprobs=top_logprobs,
+                stop=stop,
+            )
+        check_request(loaded, ids, n, max_tokens)
+        if max_tokens <= 0:
+            usage = Usage(prompt_tokens=len(ids), requests=1)
+            return LLMResponse(choices=[Completion(text="", finish_reason="length")], usage=usage)
+        params = GenParams(temperature, max_tokens, top_logprobs, tuple(s for s in stop or [] if s))
+        request = GenRequest(ids=ids, n=n, params=params, prefix=prefix)
+        return await batcher_for(loaded, self.max_batch).submit(request)
 
     async def complete(
         self,
@@ -289,17 +339,7 @@ class LocalLLM:
     ) -> LLMResponse:
         loaded = await asyncio.to_thread(lambda: self.loaded)
         ids = loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        response = await run_on_model(
-            loaded,
-            _generate,
-            loaded,
-            ids,
-            n=n,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            top_logprobs=logprobs,
-            stop=stop,
-        )
+        response = await self._generate(loaded, ids, 0, n, temperature, max_tokens, logprobs, stop)
         if echo:
             prompt_tokens = None
             if logprobs is not None:
@@ -338,10 +378,14 @@ async def run_on_model(loaded: LocalModel, fn: Callable[..., Any], *args: Any, *
 async def queued_for_model(loaded: LocalModel, fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` in a worker thread once this loop's earlier calls on `loaded` are done
     (for work that takes the model's threading lock itself, maybe more than once)."""
-    locks = _WAITERS.setdefault(asyncio.get_running_loop(), {})
-    queue = locks.setdefault(id(loaded), asyncio.Lock())
-    async with queue:
+    async with model_queue(loaded):
         return await asyncio.to_thread(fn, *args)
+
+
+def model_queue(loaded: LocalModel) -> asyncio.Lock:
+    """The running loop's queue (an asyncio lock) for work on `loaded`."""
+    locks = _WAITERS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(id(loaded), asyncio.Lock())
 
 
 def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
@@ -355,6 +399,19 @@ def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
         # The template writes the special tokens itself.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "\n\n".join(m["content"] for m in plain) + "\n\n"
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def chat_prefix_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of the first messages of a chat as its template writes them mid-chat
+    (no generation prompt): the start of `chat_prompt_ids` of any longer chat."""
+    plain = [
+        {"role": m["role"], "content": message_text(m, backend="a local model")} for m in messages
+    ]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(plain, add_generation_prompt=False, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     text = "\n\n".join(m["content"] for m in plain) + "\n\n"
     return tokenizer(text, add_special_tokens=True)["input_ids"]
