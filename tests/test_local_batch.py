@@ -147,3 +147,23 @@ def test_the_declared_prefix_stops_short_of_the_prompt(tokenizer):
     assert ids[:n] == head[:n]
     # A prefix as long as the prompt still leaves one token to start generating from.
     assert declared_prefix(tokenizer, ids, ids) == len(ids) - 1
+
+
+def test_a_one_token_prompt_is_answered(tokenizer):
+    tiny = tiny_model(tokenizer)
+    fast = LocalLLM("hf:tiny", loaded=tiny, max_batch=8)
+    plain = LocalLLM("hf:tiny", loaded=tiny, max_batch=1, prefix_cache=False)
+    got = asyncio.run(fast.complete("a", temperature=0, max_tokens=4))
+    want = asyncio.run(plain.complete("a", temperature=0, max_tokens=4))
+    assert got.choices[0].text == want.choices[0].text
+
+
+def test_a_prompt_asked_again_reuses_its_state_and_answers_the_same(tokenizer):
+    from neuroscribe.llm.local_batch import prompt_states
+
+    tiny = tiny_model(tokenizer)
+    fast = LocalLLM("hf:tiny", loaded=tiny, max_batch=8)
+    first = asyncio.run(fast.chat(chat(4), temperature=0, max_tokens=6))
+    again = asyncio.run(fast.chat(chat(4), temperature=0, max_tokens=6))
+    assert again.choices[0].text == first.choices[0].text
+    assert prompt_states(tiny).hits == 1

@@ -33,6 +33,8 @@ from neuroscribe.schema import Usage
 # A prefix shorter than this is not worth a cache entry (the copy costs about as much).
 MIN_PREFIX = 32
 MAX_PREFIXES = 4
+# Whole-prompt caches kept per model (SmolLM2-135M: ~46 kB a token, ~100 MB a 2k prompt).
+PROMPT_STATE_BYTES = 512 * 1024**2
 # How long a lone request waits for company before it runs (a generate takes 100s of ms).
 BATCH_WINDOW_S = 0.01
 
@@ -134,22 +136,23 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
     model, tokenizer = loaded.model, loaded.tokenizer
     params = requests[0].params
     key = requests[0].prefix_key()
-    plen = len(key)
     device = loaded.device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
     rows = [r for r in requests for _ in range(r.rows)]
-    width = max(len(r.ids) - plen for r in rows)
-    ids = torch.full((len(rows), plen + width), pad, dtype=torch.long, device=device)
+    # Each prompt but its last token is computed alone (one causal pass from the prefix
+    # cache: on a CPU as fast per token as a padded batch, and no compute on padding);
+    # then the caches are stacked, left-padded, and all rows decode together.
+    caches = {id(r): _prompt_cache(loaded, r, key) for r in requests}
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for j, r in enumerate(rows):
-        rest = r.ids[plen:]
-        ids[j, : plen + width - len(rest)] = pad
-        if plen:
-            ids[j, :plen] = torch.tensor(key, device=device)
-            mask[j, :plen] = 1
-        ids[j, plen + width - len(rest) :] = torch.tensor(rest, device=device)
-        mask[j, plen + width - len(rest) :] = 1
+        ids[j, width - len(r.ids) :] = torch.tensor(r.ids, device=device)
+        mask[j, width - len(r.ids) :] = 1
+    # A one-token prompt has nothing to cache: then the batch runs from the ids alone.
+    known = [caches[id(r)] for r in rows]
+    stacked = None if any(c is None for c in known) else _stack_caches(known, width - 1)
     greedy = params.temperature <= 0
     kwargs: dict[str, Any] = {
         "max_new_tokens": params.max_tokens,
@@ -165,13 +168,11 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
         kwargs.update(temperature=params.temperature, top_p=1.0, top_k=0)
     if params.stop:
         kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
-    if plen:
-        cache = copy.deepcopy(prefix_caches(loaded).get(model, key))
-        cache.batch_repeat_interleave(len(rows))
-        kwargs[cache_keyword(model)] = cache
+    if stacked is not None:
+        kwargs[cache_keyword(model)] = stacked
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    new = out.sequences[:, plen + width :].tolist()
+    new = out.sequences[:, width:].tolist()
     logits = torch.stack(out.logits, dim=1).float().log_softmax(-1) if params.top_logprobs else None
 
     stop = list(params.stop)
@@ -210,6 +211,96 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
             mine = [Completion(first.text, first.finish_reason, first.tokens) for _ in range(r.n)]
         responses.append(LLMResponse(choices=mine, usage=usage))
     return responses
+
+
+def _prompt_cache(loaded: Any, request: GenRequest, key: tuple[int, ...]) -> Any:
+    """The KV cache of `request.ids[:-1]`, continuing the prefix's cache where it has one."""
+    import torch
+
+    model = loaded.model
+    head = request.ids[:-1]
+    states = prompt_states(loaded)
+    kept = states.get(tuple(head))
+    if kept is not None:  # the same prompt again (another sample, a retry)
+        return copy.deepcopy(kept)
+    cache = copy.deepcopy(prefix_caches(loaded).get(model, key)) if key else None
+    rest = head[len(key) :]
+    if not rest:
+        return cache
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([rest], device=loaded.device),
+            use_cache=True,
+            **({cache_keyword(model): cache} if cache is not None else {}),
+        )
+    cache = output_cache(out)
+    states.put(tuple(head), cache)
+    return copy.deepcopy(cache)  # generate appends to the cache it is given
+
+
+class PromptStates:
+    """KV caches of whole recent prompts, within a byte budget (oldest dropped first), so
+    a prompt asked again (an explainer's retry, another sample) only decodes."""
+
+    def __init__(self, budget_bytes: int = PROMPT_STATE_BYTES) -> None:
+        self._states: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self._budget = budget_bytes
+        self._used = 0
+        self.hits = 0
+
+    def get(self, key: tuple[int, ...]) -> Any:
+        if key not in self._states:
+            return None
+        self._states.move_to_end(key)
+        self.hits += 1
+        return self._states[key][0]
+
+    def put(self, key: tuple[int, ...], cache: Any) -> None:
+        size = sum(k.nelement() * k.element_size() * 2 for k, _ in _layers(cache))
+        if size > self._budget:
+            return
+        if key in self._states:
+            self._used -= self._states.pop(key)[1]
+        self._states[key] = (cache, size)
+        self._used += size
+        while self._used > self._budget:
+            self._used -= self._states.popitem(last=False)[1][1]
+
+
+def prompt_states(loaded: Any) -> PromptStates:
+    return loaded.remember("prompt-states", PromptStates)
+
+
+def _layers(cache: Any) -> list[tuple[Any, Any]]:
+    """(keys, values) per layer, (batch, heads, length, dim) each."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers < 4.56
+
+
+def _stack_caches(caches: Sequence[Any], length: int) -> Any:
+    """One batched cache from one-row caches, each left-padded with zeros to `length`.
+
+    Keys already carry their rotary positions, so padding in front changes nothing the
+    attention mask does not hide.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    per_row = [_layers(c) for c in caches]
+    stacked = DynamicCache()
+    for layer in range(len(per_row[0])):
+        keys, values = [], []
+        for row in per_row:
+            k, v = row[layer]
+            gap = length - k.shape[2]
+            if gap:
+                k = torch.nn.functional.pad(k, (0, 0, gap, 0))
+                v = torch.nn.functional.pad(v, (0, 0, gap, 0))
+            keys.append(k)
+            values.append(v)
+        stacked.update(torch.cat(keys), torch.cat(values), layer)
+    return stacked
 
 
 class GenerationBatcher:

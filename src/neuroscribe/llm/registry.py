@@ -129,10 +129,11 @@ def _ensure_builtins() -> None:
     if _builtins_done:
         return
     _builtins_done = True
-    from neuroscribe.llm import fake, local
+    from neuroscribe.llm import fake, gguf, local
 
     REGISTRY.register("", _openai_factory, BackendInfo(name="openai", prefix=""))
     local.register(REGISTRY)
+    gguf.register(REGISTRY)
     fake.register(REGISTRY)
 
 
