@@ -19,6 +19,7 @@ prompt asked again for another sample) is computed only from where they differ.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import Sequence
@@ -108,6 +109,16 @@ class GGUFModel:
 
 _MODELS: dict[tuple[str, int], GGUFModel] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    # Freed before the interpreter tears llama_cpp's module down (freeing them after, in
+    # `Llama.__del__`, prints a TypeError at exit).
+    with _MODELS_LOCK:
+        for loaded in _MODELS.values():
+            loaded.llama.close()
+        _MODELS.clear()
 
 
 def load_gguf(spec: str, *, threads: int | None = None) -> GGUFModel:

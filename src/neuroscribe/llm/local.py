@@ -14,6 +14,8 @@ linear layer) live in `LocalModel.memo`, never as attributes on the HF model.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import os
 import threading
@@ -197,6 +199,28 @@ def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
     model.to(device)
     model.eval()
     return LocalModel(path=path, model=model, tokenizer=tokenizer, device=device)
+
+
+@functools.cache
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
+
+    A forward pass frees its activations, but glibc keeps freed chunks of its heap, and
+    passes of changing sizes (prompts of different lengths, caches of a batch) fragment it:
+    measured, a job's resident memory grew with the number of units (2.8 GB at 4 explained
+    units, 7 GB at 16) though the live tensors stayed the same; trimming after each batch
+    keeps it flat. Costs milliseconds next to a forward pass of seconds.
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:

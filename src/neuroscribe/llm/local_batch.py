@@ -153,6 +153,7 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
     # A one-token prompt has nothing to cache: then the batch runs from the ids alone.
     known = [caches[id(r)] for r in rows]
     stacked = None if any(c is None for c in known) else _stack_caches(known, width - 1)
+    del caches, known  # the one-row caches are copied into `stacked`: free them now
     greedy = params.temperature <= 0
     kwargs: dict[str, Any] = {
         "max_new_tokens": params.max_tokens,
@@ -360,8 +361,13 @@ class GenerationBatcher:
         return batch
 
     def _run(self, batch: list[GenRequest]) -> list[LLMResponse]:
+        from neuroscribe.llm.local import release_memory
+
         with self.loaded.lock:
-            return generate_batch(self.loaded, batch)
+            try:
+                return generate_batch(self.loaded, batch)
+            finally:
+                release_memory()
 
 
 _BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, GenerationBatcher]] = (

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from neuroscribe.errors import ConfigError, DataError
+from neuroscribe.llm.local_batch import cache_keyword, output_cache
 from neuroscribe.llm.messages import Message
 from neuroscribe.schema import Usage
 from neuroscribe.scorer.base import ScoreOutcome, ScoreTask
@@ -161,8 +162,9 @@ def generate(
                 for _ in range(max_new_tokens):
                     # With the KV cache (as the exact simulator uses it): the prompt's
                     # keys and values were computed with the steering already added.
-                    o = model(input_ids=x, past_key_values=past, use_cache=True)
-                    past = o.past_key_values
+                    kw = {cache_keyword(model): past} if past is not None else {}
+                    o = model(input_ids=x, use_cache=True, **kw)
+                    past = output_cache(o)
                     nxt = int(o.logits[0, -1].argmax())
                     if nxt in eos:
                         break

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from neuroscribe.errors import ConfigError
-from neuroscribe.llm.local import LocalModel, ModelStore, load_local_model
+from neuroscribe.llm.local import LocalModel, ModelStore, load_local_model, release_memory
+from neuroscribe.llm.local_batch import cache_keyword, output_cache
 from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, PromptTooLong
 from neuroscribe.prompts import build_simulation_prompt as _build_prompt
 from neuroscribe.prompts.simulate import default_examples, simulation_style
@@ -281,10 +282,14 @@ def prefix_cache(model: Any, prefix: list[int], start: tuple[int, Any] | None = 
     if start is not None and 0 < start[0] < len(prefix):
         past = copy.deepcopy(start[1])
         rest = prefix[start[0] :]
+    body = model.base_model
     with torch.inference_mode():
-        return model.base_model(
-            input_ids=torch.tensor([rest], device=device), past_key_values=past, use_cache=True
-        ).past_key_values
+        out = body(
+            input_ids=torch.tensor([rest], device=device),
+            use_cache=True,
+            **({cache_keyword(body): past} if past is not None else {}),
+        )
+    return output_cache(out)
 
 
 def batch_forward(
@@ -315,7 +320,7 @@ def batch_forward(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=batch_cache,
+            **{cache_keyword(model.base_model): batch_cache},
             use_cache=True,
         ).last_hidden_state
 
@@ -499,6 +504,7 @@ class ExactSimulator:
                 logits = slot_logits_cached(
                     loaded.model, sim, batch_size=self.batch_size, plain_head=plain, shared=shared
                 )
+            release_memory()
         return to_simulated(
             sim,
             logits,
