@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--units 16] [--repeats 3] [--tokens 16000]
         [--temperature T] [--explainer SPEC] [--simulator SPEC] [--concurrency 8]
-        [--memory 8,32]
+        [--prompt simulate-v1-compact] [--memory 8,32]
 
 Each measurement runs in a fresh subprocess (so its peak memory is its own) on a fresh run
 directory: record `--units` MLP neurons (split over layers 4 and 20) of the embedded
@@ -41,7 +41,7 @@ def one_run(args: argparse.Namespace, units: int, run_dir: Path) -> dict:
     config = RunConfig.build(
         run_dir=run_dir,
         explain={"model": args.explainer, "settings": settings},
-        score={"model": args.simulator},
+        score={"model": args.simulator, "prompt": args.prompt},
         jobs={"concurrency": args.concurrency, "show_progress": False, "cache": False},
         record={"layers": layers, "units": per_layer, "tokens": args.tokens},
     )
@@ -85,7 +85,7 @@ def in_subprocess(args: argparse.Namespace, units: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="ns-throughput-") as tmp:
         run_dir = Path(args.keep) / f"run-{time.time_ns()}" if args.keep else Path(tmp) / "run"
         cmd = [sys.executable, __file__, "--child", str(units), "--run-dir", str(run_dir)]
-        for flag in ("tokens", "temperature", "explainer", "simulator", "concurrency"):
+        for flag in ("tokens", "temperature", "explainer", "simulator", "concurrency", "prompt"):
             value = getattr(args, flag)
             if value is not None:
                 cmd += [f"--{flag}", str(value)]
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--explainer", default="hf:embedded")
     parser.add_argument("--simulator", default="hf:embedded")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--prompt", default=None, help="simulation prompt version")
     parser.add_argument("--memory", default=None, help="A,B: peak RSS at A and at B units")
     parser.add_argument("--keep", default=None, help="keep each run directory under this folder")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

@@ -266,3 +266,35 @@ def test_parity_holds_for_a_gpt2_architecture(smol_tokenizer):
     slow = ExactSimulator("hf:g", loaded=loaded, mode="naive").simulate_sync(EXPLANATION, EXCERPTS)
     for a, b in zip(fast, slow, strict=True):
         assert a.expected == pytest.approx(b.expected, abs=1e-4)
+
+
+def test_compact_rows_cost_a_token_less_per_row_and_read_the_same_slots(tiny):
+    full = build_simulation_ids(tiny.tokenizer, EXPLANATION, EXCERPTS[:3])
+    compact = build_simulation_ids(
+        tiny.tokenizer, EXPLANATION, EXCERPTS[:3], prompt_version="simulate-v1-compact"
+    )
+    assert compact.prefix == full.prefix  # same instructions and few-shot rows
+    tab = tiny.tokenizer("\t", add_special_tokens=False)["input_ids"][-1]
+    for f, c, tokens in zip(full.excerpts, compact.excerpts, EXCERPTS[:3], strict=True):
+        assert len(c.ids) == len(f.ids) - len(tokens)  # no `unknown` filler
+        assert len(c.slots) == len(tokens)
+        assert all(c.ids[s] == tab for s in c.slots)  # a value is read right after the tab
+    cached = ExactSimulator("hf:tiny", loaded=tiny, prompt_version="simulate-v1-compact")
+    naive = ExactSimulator(
+        "hf:tiny", loaded=tiny, prompt_version="simulate-v1-compact", mode="naive"
+    )
+    for a, b in zip(
+        cached.simulate_sync(EXPLANATION, EXCERPTS),
+        naive.simulate_sync(EXPLANATION, EXCERPTS),
+        strict=True,
+    ):
+        assert a.expected == pytest.approx(b.expected, abs=1e-4)
+
+
+def test_compact_rows_refuse_strategies_that_find_slots_in_text():
+    from neuroscribe.llm import make_llm
+    from neuroscribe.simulator import make_simulator
+
+    llm = make_llm("fake:rules")
+    with pytest.raises(ConfigError, match="exact strategy only"):
+        asyncio.run(make_simulator(llm, "prompt-logprobs", prompt_version="simulate-v1-compact"))

@@ -167,3 +167,19 @@ def test_a_prompt_asked_again_reuses_its_state_and_answers_the_same(tokenizer):
     again = asyncio.run(fast.chat(chat(4), temperature=0, max_tokens=6))
     assert again.choices[0].text == first.choices[0].text
     assert prompt_states(tiny).hits == 1
+
+
+def test_kept_prompt_states_stay_within_their_byte_budget(tokenizer):
+    from neuroscribe.llm.local_batch import PromptStates, prompt_states
+
+    tiny = tiny_model(tokenizer)
+    fast = LocalLLM("hf:tiny", loaded=tiny, max_batch=8)
+    asyncio.run(fast.chat(chat(0), temperature=0, max_tokens=2))
+    one = prompt_states(tiny)._used
+    assert one > 0
+    tiny.memo["prompt-states"] = PromptStates(budget_bytes=int(2.5 * one))
+    for k in range(6):
+        asyncio.run(fast.chat(chat(0 if k % 2 else 1), temperature=0, max_tokens=2))
+    states = prompt_states(tiny)
+    assert states._used <= int(2.5 * one) and len(states._states) <= 3
+    assert states.hits >= 4  # the two prompts in turn stay kept

@@ -33,8 +33,10 @@ from neuroscribe.schema import Usage
 # A prefix shorter than this is not worth a cache entry (the copy costs about as much).
 MIN_PREFIX = 32
 MAX_PREFIXES = 4
-# Whole-prompt caches kept per model (SmolLM2-135M: ~46 kB a token, ~100 MB a 2k prompt).
-PROMPT_STATE_BYTES = 512 * 1024**2
+# Whole-prompt caches kept per model (SmolLM2-135M: ~46 kB a token, ~100 MB a 2k prompt):
+# room for the 8 prompts a job has in flight (--concurrency 8), so a retry in the next
+# round still finds its prompt (with 512 MB the LRU dropped each before its retry came).
+PROMPT_STATE_BYTES = 1024**3
 # How long a lone request waits for company before it runs (a generate takes 100s of ms).
 BATCH_WINDOW_S = 0.01
 

@@ -96,7 +96,20 @@ STYLE_V2 = SimulationStyle(
     contrast=CONTRAST_EXPLANATION,
 )
 
-SIMULATION_STYLES: dict[str, SimulationStyle] = {s.version: s for s in (STYLE_V1, STYLE_V2)}
+# simulate-v1 with compact rows: `token<TAB>` and a newline, no `unknown` filler, so a
+# one-token row costs 3 tokens instead of 4 (the few-shot rows keep their values). The
+# slot has no text to find in an echoed prompt, so it runs on the exact strategy only.
+STYLE_V1_COMPACT = SimulationStyle(
+    version="simulate-v1-compact",
+    system=_system,
+    examples=EXAMPLES,
+    header=_header_v1,
+    slot="",
+)
+
+SIMULATION_STYLES: dict[str, SimulationStyle] = {
+    s.version: s for s in (STYLE_V1, STYLE_V2, STYLE_V1_COMPACT)
+}
 # The default stays simulate-v1: on the ground-truth suite's dev half simulate-v2 did not
 # rank true explanations first more often with SmolLM2-135M (35% vs 40% of 20 units;
 # bench/README.md, "Ground-truth check"). A version becomes the default by winning there.
@@ -115,7 +128,7 @@ def simulation_style(version: str | None) -> SimulationStyle:
 
 def default_examples(style: SimulationStyle) -> int:
     """Few-shot units a style uses by default (simulate-v1: 2 of its 3, as in 0.1)."""
-    return 2 if style is STYLE_V1 else len(style.examples)
+    return 2 if style in (STYLE_V1, STYLE_V1_COMPACT) else len(style.examples)
 
 
 @dataclass

@@ -77,6 +77,15 @@ async def make_simulator(
     chosen = choose_strategy(caps, strategy)
     probe = getattr(llm, "probe_result", None)  # API clients: the raw probe, for the record
     record: dict[str, Any] = dict(probe) if isinstance(probe, dict) else {}
+    version = options.get("prompt_version")
+    if version is not None and chosen != "exact":
+        from neuroscribe.prompts.simulate import simulation_style
+
+        if not simulation_style(version).slot:
+            raise ConfigError(
+                f"the {version} prompt has no slot text to find in an echoed prompt: it runs "
+                f"on the exact strategy only (a local hf: simulator), not {chosen}"
+            )
     if chosen == "exact":
         from neuroscribe.simulator.exact import ExactSimulator  # lazy: imports torch
 
