@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--units 16] [--repeats 3] [--tokens 16000]
         [--temperature T] [--explainer SPEC] [--simulator SPEC] [--concurrency 8]
-        [--prompt simulate-v1-compact] [--memory 8,32]
+        [--prompt simulate-v1-compact] [--plain] [--memory 8,32]
 
 Each measurement runs in a fresh subprocess (so its peak memory is its own) on a fresh run
 directory: record `--units` MLP neurons (split over layers 4 and 20) of the embedded
@@ -33,6 +33,18 @@ def one_run(args: argparse.Namespace, units: int, run_dir: Path) -> dict:
     from neuroscribe import api
     from neuroscribe.config import RunConfig
 
+    if args.plain:
+        # The unoptimised local path: one generate per call, the whole prompt each time.
+        from neuroscribe.llm import local
+
+        init = local.LocalLLM.__init__
+
+        def plain_init(self, *a, **kw):
+            kw.setdefault("max_batch", 1)
+            kw.setdefault("prefix_cache", False)
+            init(self, *a, **kw)
+
+        local.LocalLLM.__init__ = plain_init
     layers = [4, 20]
     per_layer = max(1, units // len(layers))
     settings: dict = {}
@@ -89,6 +101,8 @@ def in_subprocess(args: argparse.Namespace, units: int) -> dict:
             value = getattr(args, flag)
             if value is not None:
                 cmd += [f"--{flag}", str(value)]
+        if args.plain:
+            cmd.append("--plain")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -103,6 +117,9 @@ def main() -> None:
     parser.add_argument("--simulator", default="hf:embedded")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prompt", default=None, help="simulation prompt version")
+    parser.add_argument(
+        "--plain", action="store_true", help="local generation without batching or prefix cache"
+    )
     parser.add_argument("--memory", default=None, help="A,B: peak RSS at A and at B units")
     parser.add_argument("--keep", default=None, help="keep each run directory under this folder")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
