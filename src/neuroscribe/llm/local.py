@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuroscribe.errors import ConfigError, LLMError
+from neuroscribe.errors import ConfigError
 from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX, Completion, LLMResponse, TokenLogprob
 from neuroscribe.llm.capabilities import Capabilities
 from neuroscribe.llm.messages import Message, message_text
@@ -412,16 +412,22 @@ def model_queue(loaded: LocalModel) -> asyncio.Lock:
     return locks.setdefault(id(loaded), asyncio.Lock())
 
 
-def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: Any, messages: Sequence[Message], *, generation_prompt: bool = True
+) -> list[int]:
     """Token ids of a chat: the tokenizer's chat template, else the contents joined as text.
 
     Content parts are joined into one string (text only: an image part is a ConfigError).
+    `generation_prompt=False` writes the messages as they stand mid-chat: the start of the
+    ids of any longer chat (what `chat_prefix_ids` gives).
     """
     plain = [
         {"role": m["role"], "content": message_text(m, backend="a local model")} for m in messages
     ]
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            plain, add_generation_prompt=generation_prompt, tokenize=False
+        )
         # The template writes the special tokens itself.
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     text = "\n\n".join(m["content"] for m in plain) + "\n\n"
@@ -429,16 +435,8 @@ def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
 
 
 def chat_prefix_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
-    """Token ids of the first messages of a chat as its template writes them mid-chat
-    (no generation prompt): the start of `chat_prompt_ids` of any longer chat."""
-    plain = [
-        {"role": m["role"], "content": message_text(m, backend="a local model")} for m in messages
-    ]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(plain, add_generation_prompt=False, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = "\n\n".join(m["content"] for m in plain) + "\n\n"
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
+    """Token ids of the first messages of a chat (no generation prompt)."""
+    return chat_prompt_ids(tokenizer, messages, generation_prompt=False)
 
 
 def ten_is_one_token(tokenizer: Any) -> bool:
@@ -548,17 +546,10 @@ def _generate(
     """n completions of one prompt in one batched `generate` (greedy when temperature is 0)."""
     import torch
 
-    model, tokenizer = loaded.model, loaded.tokenizer
-    if n < 1:
-        raise LLMError(f"n must be at least 1, got {n}")
-    context = loaded.max_context
-    if context is not None and len(ids) + max_tokens > context:
-        from neuroscribe.prompts import PromptTooLong
+    from neuroscribe.llm.local_batch import check_request
 
-        raise PromptTooLong(
-            f"a {len(ids)}-token prompt plus {max_tokens} new tokens exceeds the "
-            f"{context}-token context of {loaded.path}"
-        )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    check_request(loaded, ids, n, max_tokens)
     usage = Usage(prompt_tokens=len(ids), requests=1)
     if max_tokens <= 0:
         return LLMResponse(choices=[Completion(text="", finish_reason="length")], usage=usage)
@@ -596,28 +587,46 @@ def _generate(
 
     choices = []
     for j, seq in enumerate(new):
-        end = len(seq)
-        finish = "length"
-        for t, tid in enumerate(seq):
-            if tid in eos:
-                end, finish = t, "stop"
-                break
-        usage.completion_tokens += min(end + 1, len(seq)) if finish == "stop" else end
-        text, stopped = cut_at_stop(tokenizer.decode(seq[:end], skip_special_tokens=True), stop)
-        if stopped:
-            finish = "stop"
-        tokens = None
-        if logits is not None:
-            tokens = []
-            for t in range(end):
-                if len(tokenizer.decode(seq[:t], skip_special_tokens=True)) >= len(text):
-                    break  # the rest lies behind a stop string
-                tokens.append(_token_logprob(tokenizer, logits[j, t], seq[t], top_logprobs))
-        choices.append(Completion(text=text, finish_reason=finish, tokens=tokens))
+        choice, used = decode_choice(
+            tokenizer, seq, eos, stop, None if logits is None else logits[j], top_logprobs
+        )
+        usage.completion_tokens += used
+        choices.append(choice)
     if greedy and n > 1:
         first = choices[0]
         choices = [Completion(first.text, first.finish_reason, first.tokens) for _ in range(n)]
     return LLMResponse(choices=choices, usage=usage)
+
+
+def decode_choice(
+    tokenizer: Any,
+    seq: list[int],
+    eos: list[int],
+    stop: Sequence[str] | None,
+    logprobs: Any,
+    top_logprobs: int | None,
+) -> tuple[Completion, int]:
+    """One generated sequence as a completion (cut at its end token and at the first stop
+    string, with token logprobs where `logprobs` is given) and its completion tokens."""
+    end, finish = len(seq), "length"
+    for t, tid in enumerate(seq):
+        if tid in eos:
+            end, finish = t, "stop"
+            break
+    used = min(end + 1, len(seq)) if finish == "stop" else end
+    text, stopped = cut_at_stop(
+        tokenizer.decode(seq[:end], skip_special_tokens=True), list(stop or [])
+    )
+    if stopped:
+        finish = "stop"
+    tokens = None
+    if logprobs is not None:
+        tokens = []
+        for t in range(end):
+            if len(tokenizer.decode(seq[:t], skip_special_tokens=True)) >= len(text):
+                break  # the rest lies behind a stop string
+            tokens.append(_token_logprob(tokenizer, logprobs[t], seq[t], top_logprobs))
+    return Completion(text=text, finish_reason=finish, tokens=tokens), used
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -140,7 +140,7 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
     model's lock. Rows are `prefix + left padding + rest`."""
     import torch
 
-    from neuroscribe.llm.local import _eos_ids, _token_logprob, cut_at_stop
+    from neuroscribe.llm.local import _eos_ids, decode_choice
 
     model, tokenizer = loaded.model, loaded.tokenizer
     params = requests[0].params
@@ -189,23 +189,11 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
     completions: list[Completion] = []
     completion_tokens: list[int] = []
     for j, seq in enumerate(new):
-        end, finish = len(seq), "length"
-        for t, tid in enumerate(seq):
-            if tid in eos:
-                end, finish = t, "stop"
-                break
-        completion_tokens.append(min(end + 1, len(seq)) if finish == "stop" else end)
-        text, stopped = cut_at_stop(tokenizer.decode(seq[:end], skip_special_tokens=True), stop)
-        if stopped:
-            finish = "stop"
-        tokens = None
-        if logits is not None:
-            tokens = []
-            for t in range(end):
-                if len(tokenizer.decode(seq[:t], skip_special_tokens=True)) >= len(text):
-                    break  # the rest lies behind a stop string
-                tokens.append(_token_logprob(tokenizer, logits[j, t], seq[t], params.top_logprobs))
-        completions.append(Completion(text=text, finish_reason=finish, tokens=tokens))
+        choice, used = decode_choice(
+            tokenizer, seq, eos, stop, None if logits is None else logits[j], params.top_logprobs
+        )
+        completions.append(choice)
+        completion_tokens.append(used)
 
     responses, j = [], 0
     for r in requests:
