@@ -15,7 +15,7 @@ from neuroscribe.llm.local_batch import (
     MIN_PREFIX,
     batcher_for,
     declared_prefix,
-    prefix_caches,
+    prompt_states,
 )
 from neuroscribe.prompts import PromptTooLong
 
@@ -94,7 +94,7 @@ def test_concurrent_calls_share_one_batch_and_the_prefix_is_computed_once(tokeni
     assert [r.choices[0].text for r in first] == [r.choices[0].text for r in again]
     # Twelve calls in batches of at most four: far fewer generate calls than calls.
     assert sum(batches) == 12 and max(batches) == 4 and len(batches) <= 6
-    assert prefix_caches(tiny).computed == 1
+    assert prompt_states(tiny).prefixes_computed == 1
 
 
 def test_sampling_rows_and_different_settings_batch_apart(tokenizer):
@@ -159,8 +159,6 @@ def test_a_one_token_prompt_is_answered(tokenizer):
 
 
 def test_a_prompt_asked_again_reuses_its_state_and_answers_the_same(tokenizer):
-    from neuroscribe.llm.local_batch import prompt_states
-
     tiny = tiny_model(tokenizer)
     fast = LocalLLM("hf:tiny", loaded=tiny, max_batch=8)
     first = asyncio.run(fast.chat(chat(4), temperature=0, max_tokens=6))
@@ -170,7 +168,7 @@ def test_a_prompt_asked_again_reuses_its_state_and_answers_the_same(tokenizer):
 
 
 def test_kept_prompt_states_stay_within_their_byte_budget(tokenizer):
-    from neuroscribe.llm.local_batch import PromptStates, prompt_states
+    from neuroscribe.llm.local_batch import PromptStates
 
     tiny = tiny_model(tokenizer)
     fast = LocalLLM("hf:tiny", loaded=tiny, max_batch=8)

@@ -1,17 +1,19 @@
-"""Batched generation on a local model, continuing a shared prefix's KV cache.
+"""Batched generation on a local model, from kept KV caches of prompts and their prefixes.
 
 Concurrent requests to one local model (a job explains eight units at once) are gathered
 by a `GenerationBatcher` and answered by one `generate` over all of them: a CPU decodes
-eight sequences in about the time of one, because a decoding step of a small model is
-dominated by per-layer overheads, not arithmetic.
+eight sequences in little more than the time of one, because a decoding step of a small
+model is dominated by per-layer overheads, not arithmetic.
 
-A request may declare a reusable prefix (a chat's messages but the last: instructions and
-few-shot examples, the same for every unit). Its KV cache is computed once per model and
-kept (`PrefixCaches`, a few at most); requests with the same prefix and the same sampling
-settings share a batch whose rows are `prefix + left padding + rest`. The attention mask
-hides the padding and position ids follow the mask, so every real token keeps the position
-it has in the unbatched prompt: greedy answers are the same tokens as one at a time, and
-logprobs agree to ~5e-5 (fp32 sums in another order), tested.
+Each prompt but its last token is computed alone (one causal pass; a padded batch is no
+faster per token on a CPU) from the cache of its declared prefix (a chat's messages but the
+last: instructions and few-shot examples, the same for every unit), and its cache is kept, so
+the same prompt asked again (another sample, an explainer's retry) only decodes. Prefix and
+prompt caches share one byte-bounded store (`PromptStates`). The one-row caches are then
+stacked, left-padded, and the batch decodes; the attention mask hides the padding and
+position ids follow the mask, so every real token keeps its unbatched position: greedy
+answers are the same tokens as one call at a time, and logprobs agree to ~5e-5 (fp32 sums in
+another order), tested.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import copy
 import inspect
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +34,7 @@ from neuroscribe.schema import Usage
 
 # A prefix shorter than this is not worth a cache entry (the copy costs about as much).
 MIN_PREFIX = 32
-MAX_PREFIXES = 4
-# Whole-prompt caches kept per model (SmolLM2-135M: ~46 kB a token, ~100 MB a 2k prompt):
+# Prompt and prefix caches kept per model (SmolLM2-135M: ~46 kB a token, ~100 MB a 2k prompt):
 # room for the 8 prompts a job has in flight (--concurrency 8), so a retry in the next
 # round still finds its prompt (with 512 MB the LRU dropped each before its retry came).
 PROMPT_STATE_BYTES = 1024**3
@@ -84,35 +85,6 @@ def _body(model: Any) -> Any:
 def output_cache(output: Any) -> Any:
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else output.past_key_values
-
-
-class PrefixCaches:
-    """KV caches of reusable prompt prefixes for one model, least recently used dropped."""
-
-    def __init__(self, limit: int = MAX_PREFIXES) -> None:
-        self._caches: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._limit = limit
-        self.computed = 0  # prefixes computed (a test and the benchmark read it)
-
-    def get(self, model: Any, key: tuple[int, ...]) -> Any:
-        """The cache of `key` (computing it on first use); the caller must copy it."""
-        import torch
-
-        if key in self._caches:
-            self._caches.move_to_end(key)
-            return self._caches[key]
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            out = _body(model)(input_ids=torch.tensor([list(key)], device=device), use_cache=True)
-        self._caches[key] = output_cache(out)
-        self.computed += 1
-        while len(self._caches) > self._limit:
-            self._caches.popitem(last=False)
-        return self._caches[key]
-
-
-def prefix_caches(loaded: Any) -> PrefixCaches:
-    return loaded.remember("prefix-caches", PrefixCaches)
 
 
 def common_prefix(ids: list[int], other: list[int]) -> int:
@@ -213,45 +185,57 @@ def generate_batch(loaded: Any, requests: Sequence[GenRequest]) -> list[LLMRespo
 
 def _prompt_cache(loaded: Any, request: GenRequest, key: tuple[int, ...]) -> Any:
     """The KV cache of `request.ids[:-1]`, continuing the prefix's cache where it has one."""
-    import torch
-
-    model = loaded.model
-    head = request.ids[:-1]
     states = prompt_states(loaded)
-    kept = states.get(tuple(head))
+    head = tuple(request.ids[:-1])
+    kept = states.get(head)
     if kept is not None:  # the same prompt again (another sample, a retry)
+        states.hits += 1
         return copy.deepcopy(kept)
-    cache = copy.deepcopy(prefix_caches(loaded).get(model, key)) if key else None
-    rest = head[len(key) :]
-    if not rest:
-        return cache
-    with torch.inference_mode():
-        body = _body(model)
-        out = body(
-            input_ids=torch.tensor([rest], device=loaded.device),
-            use_cache=True,
-            **({cache_keyword(body): cache} if cache is not None else {}),
-        )
-    cache = output_cache(out)
-    states.put(tuple(head), cache)
+    start = None
+    if key:
+        start = states.get(key)
+        if start is None:
+            start = _extend(loaded, None, key)
+            states.put(key, start)
+            states.prefixes_computed += 1
+    cache = _extend(loaded, copy.deepcopy(start) if start is not None else None, head[len(key) :])
+    if cache is None:
+        return None
+    states.put(head, cache)
     return copy.deepcopy(cache)  # generate appends to the cache it is given
 
 
+def _extend(loaded: Any, cache: Any, ids: Sequence[int]) -> Any:
+    """`cache` (None: empty) continued over `ids` by the model's body."""
+    import torch
+
+    if not ids:
+        return cache
+    body = _body(loaded.model)
+    with torch.inference_mode():
+        out = body(
+            input_ids=torch.tensor([list(ids)], device=loaded.device),
+            use_cache=True,
+            **({cache_keyword(body): cache} if cache is not None else {}),
+        )
+    return output_cache(out)
+
+
 class PromptStates:
-    """KV caches of whole recent prompts, within a byte budget (oldest dropped first), so
-    a prompt asked again (an explainer's retry, another sample) only decodes."""
+    """KV caches of recent prompts and prompt prefixes for one model, within a byte budget
+    (least recently used dropped first). The caller copies what it takes."""
 
     def __init__(self, budget_bytes: int = PROMPT_STATE_BYTES) -> None:
         self._states: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
         self._budget = budget_bytes
         self._used = 0
-        self.hits = 0
+        self.hits = 0  # whole prompts reused (the tests and the benchmark read these)
+        self.prefixes_computed = 0
 
     def get(self, key: tuple[int, ...]) -> Any:
         if key not in self._states:
             return None
         self._states.move_to_end(key)
-        self.hits += 1
         return self._states[key][0]
 
     def put(self, key: tuple[int, ...], cache: Any) -> None:
@@ -316,7 +300,8 @@ class GenerationBatcher:
         self.loaded = loaded
         self.max_rows = max_rows
         self.pending: list[GenRequest] = []
-        self.batches: list[int] = []  # rows per batch run (the tests and benchmark read it)
+        # Rows per batch, the latest 1,000 (the tests read it; a service runs for days).
+        self.batches: deque[int] = deque(maxlen=1000)
 
     async def submit(self, request: GenRequest) -> LLMResponse:
         from neuroscribe.llm.local import model_queue
