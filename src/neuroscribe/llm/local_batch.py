@@ -195,26 +195,30 @@ def _prompt_cache(loaded: Any, request: GenRequest, key: tuple[int, ...]) -> Any
     if key:
         start = states.get(key)
         if start is None:
-            start = _extend(loaded, None, key)
+            start = extend_cache(loaded.model, None, key)
             states.put(key, start)
             states.prefixes_computed += 1
-    cache = _extend(loaded, copy.deepcopy(start) if start is not None else None, head[len(key) :])
+    cache = extend_cache(
+        loaded.model, copy.deepcopy(start) if start is not None else None, head[len(key) :]
+    )
     if cache is None:
         return None
     states.put(head, cache)
     return copy.deepcopy(cache)  # generate appends to the cache it is given
 
 
-def _extend(loaded: Any, cache: Any, ids: Sequence[int]) -> Any:
-    """`cache` (None: empty) continued over `ids` by the model's body."""
+def extend_cache(model: Any, cache: Any, ids: Sequence[int]) -> Any:
+    """`cache` (None: empty) continued over `ids` by the model's body (no logits); the
+    cache given is extended in place, so pass a copy of one that is kept."""
     import torch
 
     if not ids:
         return cache
-    body = _body(loaded.model)
+    body = _body(model)
+    device = next(model.parameters()).device
     with torch.inference_mode():
         out = body(
-            input_ids=torch.tensor([list(ids)], device=loaded.device),
+            input_ids=torch.tensor([list(ids)], device=device),
             use_cache=True,
             **({cache_keyword(body): cache} if cache is not None else {}),
         )

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from neuroscribe.errors import ConfigError
 from neuroscribe.llm.local import LocalModel, ModelStore, load_local_model, release_memory
-from neuroscribe.llm.local_batch import cache_keyword, output_cache
+from neuroscribe.llm.local_batch import cache_keyword, extend_cache
 from neuroscribe.prompts import SIMULATE_PROMPT_VERSION, PromptTooLong
 from neuroscribe.prompts import build_simulation_prompt as _build_prompt
 from neuroscribe.prompts.simulate import default_examples, simulation_style
@@ -274,22 +274,12 @@ def prefix_cache(model: Any, prefix: list[int], start: tuple[int, Any] | None = 
     `start` = (n, cache of prefix[:n]): continue from a cache of the first n ids (the
     explanation-independent part every explanation shares) instead of recomputing them.
     """
-    import torch
-
-    device = next(model.parameters()).device
     past = None
     rest = prefix
     if start is not None and 0 < start[0] < len(prefix):
         past = copy.deepcopy(start[1])
         rest = prefix[start[0] :]
-    body = model.base_model
-    with torch.inference_mode():
-        out = body(
-            input_ids=torch.tensor([rest], device=device),
-            use_cache=True,
-            **({cache_keyword(body): past} if past is not None else {}),
-        )
-    return output_cache(out)
+    return extend_cache(model, past, rest)
 
 
 def batch_forward(
