@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,13 +159,87 @@ def record_if_missing(config: RunConfig, hooks: Hooks | None = None) -> bool:
 # ---------------------------------------------------------------- stages
 
 
-def explain_stage(config: RunConfig, records: Sequence[NeuronRecord], llm: Any) -> ExplainStage:
+def explain_stage(
+    config: RunConfig,
+    records: Sequence[NeuronRecord],
+    llm: Any,
+    *,
+    selector: Any = None,
+    probe: Any = None,
+) -> ExplainStage:
     cls = explainer_factory(config.explain.explainer)
+    extra: dict[str, Any] = {}
+    if getattr(cls, "selects", False):
+        # Explainers that choose on the validation split: what they choose with. A dry
+        # run (llm None) gets the selection scorer as planned, with no model.
+        sp = config.splits
+        extra = {
+            "select": config.explain.select,
+            "validation": (sp.n_validation_top, sp.n_validation_random),
+            "selector": selector if selector is not None else planned_selector(config),
+            "probe": probe,
+        }
     if llm is None:
-        explainer = cls(None, config.explain.settings, spec=config.explain.model)
+        explainer = cls(None, config.explain.settings, spec=config.explain.model, **extra)
     else:
-        explainer = cls(llm, config.explain.settings)
+        explainer = cls(llm, config.explain.settings, **extra)
     return ExplainStage(explainer, records, config.splits)
+
+
+def selection_spec(config: RunConfig) -> str:
+    """The selection scorer's model: its own, else the score section's."""
+    return config.explain.select.model or config.score.model
+
+
+def _selection_options(config: RunConfig) -> dict[str, Any]:
+    sec = config.score
+    return {
+        "strategy": sec.strategy,
+        "n_examples": sec.n_examples,
+        "prompt_version": sec.prompt,
+    }
+
+
+def planned_selector(config: RunConfig) -> Any:
+    """The selector as a dry run plans it (no model opened, no call sent)."""
+    from neuroscribe.explainer.select import Selector
+
+    spec = selection_spec(config)
+    manifest = RunDir(config.run_dir).manifest()
+    probe = manifest.probes.get(spec) if manifest else None
+    scorer, _ = scorer_factory(config.explain.select.scorer).planned(
+        spec, probe=probe, **_selection_options(config)
+    )
+    return Selector(scorer)
+
+
+@asynccontextmanager
+async def explainer_parts(config: RunConfig, llm: Any) -> AsyncIterator[dict[str, Any]]:
+    """The live selector (and, for revision, the subject-model probe) of a choosing
+    explainer, opened for the explain stage and closed after it; {} for the others."""
+    cls = explainer_factory(config.explain.explainer)
+    if not getattr(cls, "selects", False):
+        yield {}
+        return
+    from neuroscribe.explainer.select import Selector
+
+    spec = selection_spec(config)
+    check_prices(config, [spec])
+    async with AsyncExitStack() as stack:
+        sel_llm = llm
+        if spec != config.explain.model:
+            sel_llm = await stack.enter_async_context(
+                open_model(spec, config, config.score.timeout)
+            )
+        scorer = await scorer_factory(config.explain.select.scorer).build(
+            sel_llm, run_dir=config.run_dir, **_selection_options(config)
+        )
+        probe = None
+        if getattr(cls, "probes_subject", False):
+            from neuroscribe.datasets.probe import UnitProbe
+
+            probe = UnitProbe(run_dir=config.run_dir)
+        yield {"selector": Selector(scorer), "probe": probe}
 
 
 def _finish(run: RunDir, summary: JobSummary, config: RunConfig, hooks: Hooks) -> JobSummary:
@@ -202,8 +276,11 @@ async def explain_async(
     check_prices(config, [config.explain.model])
     records = load_units(config) if records is None else records
     with RunDir(config.run_dir).lock():
-        async with open_model(config.explain.model, config, config.explain.timeout) as llm:
-            summary = await _run(explain_stage(config, records, llm), config)
+        async with (
+            open_model(config.explain.model, config, config.explain.timeout) as llm,
+            explainer_parts(config, llm) as parts,
+        ):
+            summary = await _run(explain_stage(config, records, llm, **parts), config)
         return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from neuroscribe.errors import ConfigError
+from neuroscribe.explainer.best_of_k import SelectConfig
 from neuroscribe.explainer.token_rows import ExplainerConfig
 from neuroscribe.llm.base import EMBEDDED_SPEC
 from neuroscribe.splits import SplitConfig
@@ -54,6 +55,8 @@ class ExplainSection(_Section):
     model: str = EMBEDDED_SPEC
     explainer: str = "token-rows"  # registry name (neuroscribe.explainer.registry)
     settings: ExplainerConfig = ExplainerConfig()
+    # best-of-k and revision: candidates, the scorer that chooses on validation, rounds.
+    select: SelectConfig = SelectConfig()
     timeout: float = Field(60.0, gt=0)
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
@@ -64,6 +67,16 @@ class ExplainSection(_Section):
         from neuroscribe.explainer.registry import EXPLAINERS
 
         return _one_of(v, EXPLAINERS, "explainer")
+
+    @field_validator("select")
+    @classmethod
+    def _known_selector(cls, v: SelectConfig) -> SelectConfig:
+        from neuroscribe.scorer.registry import SCORERS
+
+        _one_of(v.scorer, SCORERS, "selection scorer")
+        if v.model is not None:
+            _spec(v.model)
+        return v
 
     @field_validator("settings")
     @classmethod

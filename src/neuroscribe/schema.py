@@ -139,8 +139,25 @@ class Usage(BaseModel):
         )
 
 
+class Candidate(BaseModel):
+    """One explanation an explainer considered (best-of-k sample, revision round)."""
+
+    text: str | None  # None: the sample or round gave no usable explanation
+    validation_score: float | None = None  # on the validation split; never the test split
+    round: int = 0  # 0: sampled from the unit's excerpts; n: the n-th revision
+    parent: int | None = None  # index in `candidates` of the one this revises
+    selected: bool = False
+    # Revision rounds: the texts the explainer proposed and their real activations.
+    probes: list[dict[str, Any]] = Field(default_factory=list)
+    reason: str | None = None  # why text is None, or why the candidate was dropped
+
+
 class Explanation(BaseModel):
-    """One explanation sampled from the explainer for one unit."""
+    """One explanation sampled from the explainer for one unit.
+
+    Explainers that select (best-of-k) or revise keep every candidate they considered,
+    with its validation score and lineage; `text` is the selected one.
+    """
 
     schema_version: int = SCHEMA_VERSION
     explanation_id: str
@@ -154,6 +171,11 @@ class Explanation(BaseModel):
     raw: str | None = None
     usage: Usage = Field(default_factory=Usage)
     created_at: str = Field(default_factory=utc_now)
+    method: str | None = None  # None: one sample as written (token-rows, baselines)
+    validation_score: float | None = None
+    selection_scorer: str | None = None  # "simulation (hf:embedded)": what chose it
+    validation_excerpts: list[str] = Field(default_factory=list)  # what it was chosen on
+    candidates: list[Candidate] = Field(default_factory=list)
 
     @field_validator("text")
     @classmethod

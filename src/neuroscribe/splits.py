@@ -5,11 +5,16 @@ so every split gets a share of strong and weaker excerpts; random excerpts are d
 test / calibration. The explainer sees only `train`; scores use only `test` (and fit
 their calibration on `calibration`). Random excerpts identical to a train excerpt are
 dropped so the scorer never sees text the explainer saw.
+
+`validation` (for explainers that select or revise, e.g. best-of-k) takes the strongest
+top and random excerpts left over once train, test and calibration are full, so turning
+it on changes no other split: scores with and without it are on the same test excerpts.
+Neither the explainer's prompt nor any score line ever sees it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -23,6 +28,15 @@ class SplitConfig(BaseModel):
     n_test_random: int = Field(5, ge=0, le=1000)
     n_calibration_top: int = Field(2, ge=0, le=1000)
     n_calibration_random: int = Field(2, ge=0, le=1000)
+    # Only explainers that select among candidates read these (see the module docstring).
+    n_validation_top: int = Field(4, ge=0, le=1000)
+    n_validation_random: int = Field(4, ge=0, le=1000)
+
+    def hashed(self) -> dict[str, int]:
+        """The settings that decide train, test and calibration (the stages' key spaces):
+        validation changes none of them, so it is left out (explainers that use it hash
+        it themselves)."""
+        return self.model_dump(exclude={"n_validation_top", "n_validation_random"})
 
     @model_validator(mode="after")
     def _something_to_score(self) -> SplitConfig:
@@ -44,6 +58,7 @@ class Splits:
     train: list[Excerpt]
     test: list[Excerpt]
     calibration: list[Excerpt]
+    validation: list[Excerpt] = field(default_factory=list)
 
     @property
     def held_out(self) -> list[Excerpt]:
@@ -80,12 +95,16 @@ def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Spl
     train_ids = [top[p] for p in folds[0]]
     test_top = [top[p] for p in folds[1]]
     cal_top = [top[p] for p in folds[2]]
+    dealt = {p for fold in folds for p in fold}
+    val_top = [item for p, item in enumerate(top) if p not in dealt][: cfg.n_validation_top]
 
     seen = {tuple(r.tokens) for _, r in train_ids}
     rnd = [(i, r) for i, r in enumerate(record.random_sample) if tuple(r.tokens) not in seen]
     rfolds = _deal(rnd, [cfg.n_test_random, cfg.n_calibration_random])
     test_rnd = [rnd[p] for p in rfolds[0]]
     cal_rnd = [rnd[p] for p in rfolds[1]]
+    rdealt = {p for fold in rfolds for p in fold}
+    val_rnd = [item for p, item in enumerate(rnd) if p not in rdealt][: cfg.n_validation_random]
 
     def ex(items, kind, role):
         return [Excerpt(f"{kind}:{i}", kind, role, r) for i, r in items]
@@ -94,6 +113,7 @@ def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Spl
         train=ex(train_ids, "top", "train"),
         test=ex(test_top, "top", "test") + ex(test_rnd, "random", "test"),
         calibration=ex(cal_top, "top", "calibration") + ex(cal_rnd, "random", "calibration"),
+        validation=ex(val_top, "top", "validation") + ex(val_rnd, "random", "validation"),
     )
     if not splits.test:
         raise DataError(

@@ -46,6 +46,15 @@ ExplainerMethodOpt = Annotated[
         "unit's most frequent top tokens), random (an uninformative phrase: the floor).",
     ),
 ]
+ExplainPromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--explain-prompt",
+        help="Explainer prompt style: rows (token<TAB>value rows, explain-v1), highlight "
+        "(<<marked>> excerpts, explain-highlight-v1), summary (top tokens with counts and "
+        "short contexts, explain-summary-v1).",
+    ),
+]
 SimulatorOpt = Annotated[
     str,
     typer.Option(
@@ -207,6 +216,7 @@ RecordTokensOpt = Annotated[
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "explainer": (ExplainerOpt, EMBEDDED_SPEC),
     "explainer_method": (ExplainerMethodOpt, "token-rows"),
+    "explain_prompt": (ExplainPromptOpt, None),
     "simulator": (SimulatorOpt, EMBEDDED_SPEC),
     "scorer": (ScorerOpt, "simulation"),
     "base_url": (BaseUrlOpt, None),
@@ -236,7 +246,8 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "record_units": (RecordUnitsOpt, 4),
     "record_tokens": (RecordTokensOpt, 16_000),
 }
-EXPLAIN = ("explainer", "explainer_method", "n_explanations", "temperature", "max_tokens")
+EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", "temperature")
+EXPLAIN += ("max_tokens",)
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
@@ -286,6 +297,7 @@ def _patterns(units: list[str] | None) -> list[str] | None:
 _FLAGS: dict[str, tuple[str, ...]] = {
     "explainer": ("explain", "model"),
     "explainer_method": ("explain", "explainer"),
+    "explain_prompt": ("explain", "settings", "prompt"),
     "n_explanations": ("explain", "settings", "n_samples"),
     "temperature": ("explain", "settings", "temperature"),
     "max_tokens": ("explain", "settings", "max_tokens"),

@@ -3,8 +3,10 @@
 An explainer is one module plus a line in `registry.py`. The explain stage asks it
 for the samples a unit still lacks and writes what comes back: texts as explanations,
 failed samples (with the raw answer and why it was refused) to failures.jsonl — a
-non-answer is never stored as an explanation. Best-of-k or revision explainers
-implement the same interface and may hold a scorer of their own.
+non-answer is never stored as an explanation. Best-of-k and revision explainers
+implement the same interface and hold a `Selector` (a scorer over the validation split)
+of their own; what they considered goes in `ExplainOutcome.extras` (candidates, scores,
+lineage) and what scoring the candidates cost in `selection_usage`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from neuroscribe.schema import NeuronRecord, Usage
+from neuroscribe.schema import Candidate, NeuronRecord, Usage
 from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
 
@@ -22,6 +24,20 @@ class ExplainTask:
     record: NeuronRecord
     train: list[Excerpt]
     samples: list[int]  # which sample indices are wanted (those not written yet)
+    # Excerpts for choosing among candidates: disjoint from train and from every
+    # excerpt a score is computed on (splits.py). Never shown to the explainer.
+    validation: list[Excerpt] = field(default_factory=list)
+
+
+@dataclass
+class Selected:
+    """What a selecting explainer adds to the explanation it keeps."""
+
+    method: str
+    validation_score: float | None
+    selection_scorer: str
+    candidates: list[Candidate]
+    validation_excerpts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +49,10 @@ class ExplainOutcome:
     usage: Usage = field(default_factory=Usage)
     prompt_version: str = ""
     attempts: int = 1
+    extras: dict[int, Selected] = field(default_factory=dict)  # by sample
+    # Scoring candidates on the validation split (booked under the selector's model).
+    selection_usage: Usage = field(default_factory=Usage)
+    selection_model: str = ""
 
 
 class Explainer(Protocol):

@@ -15,6 +15,7 @@ import re
 
 from neuroscribe.prompts.examples import EXAMPLES
 from neuroscribe.prompts.explain import ANSWER_PREFIX, SYSTEM
+from neuroscribe.prompts.explain_styles import HIGHLIGHT_SYSTEM, SUMMARY_SYSTEM
 
 # An explanation is a phrase; anything longer after cleaning is a rambling or runaway
 # answer (a server that ignored max_tokens), not an explanation.
@@ -137,6 +138,11 @@ _PROMPT_PHRASES = [
     "Answer in the same form, completing",
     "Same activations, non-zero tokens only",
     "Explanation of neuron behavior",
+    # The other prompt styles' sentences and labels (prompts.explain_styles).
+    *re.split(r"(?<=[.:])\s+", HIGHLIGHT_SYSTEM),
+    *re.split(r"(?<=[.:])\s+", SUMMARY_SYSTEM),
+    "Most active tokens (times at a high activation, largest)",
+    "Contexts, strongest first",
 ]
 _PROMPT_TEXTS = [_norm(x) for x in _PROMPT_PHRASES]
 _PROMPT_SENTENCES = [p for p in _PROMPT_TEXTS if len(p.split()) >= 4]

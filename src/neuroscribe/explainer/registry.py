@@ -10,6 +10,8 @@ from neuroscribe.errors import ConfigError
 
 EXPLAINERS: dict[str, Any] = {
     "token-rows": "neuroscribe.explainer.token_rows:TokenRowExplainer",
+    # Choosing on the validation split (explain.select: k, scorer, rounds).
+    "best-of-k": "neuroscribe.explainer.best_of_k:BestOfKExplainer",
     # Baselines without an LLM: the yardstick and the floor of a comparison.
     "token-lookup": "neuroscribe.explainer.baselines:TokenLookupExplainer",
     "random": "neuroscribe.explainer.baselines:RandomExplainer",

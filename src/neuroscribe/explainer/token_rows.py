@@ -1,18 +1,20 @@
-"""The token-row explainer: the reference's prompt (`token<TAB>value` rows between
-`<start>`/`<end>`, three few-shot neurons), sampled n times, answers cleaned."""
+"""The single-sample explainer: one prompt (by default the reference's `token<TAB>value`
+rows between `<start>`/`<end>`, three few-shot neurons; `ExplainerConfig.prompt` picks
+another style from `prompts.explain_styles`), sampled n times, answers cleaned."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from neuroscribe.errors import OutputError
 from neuroscribe.explainer.base import ExplainOutcome, ExplainTask
 from neuroscribe.explainer.clean import explanation_or_reason
 from neuroscribe.llm import discard_cached
 from neuroscribe.llm.base import LLM, clip_raw
-from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, build_explain_prompt
+from neuroscribe.prompts import ANSWER_PREFIX, EXPLAIN_PROMPT_VERSION, ExplainPrompt
+from neuroscribe.prompts.explain_styles import build_styled_prompt, resolve_style
 from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
 
@@ -27,6 +29,29 @@ class ExplainerConfig(BaseModel):
     endpoint: Literal["chat", "completions"] = "chat"
     max_prompt_tokens: int | None = None
     n_examples: int = 3
+    # The prompt style's version (or short name: rows, highlight, summary); see
+    # prompts.explain_styles. Hashed through the explainer's prompt_version.
+    prompt: str = EXPLAIN_PROMPT_VERSION
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, v: str) -> str:
+        return resolve_style(v)
+
+    def hashed(self) -> dict[str, Any]:
+        """The settings in the explain key space. The prompt is hashed as the explainer's
+        prompt_version, so runs made before styles existed keep their keys."""
+        return self.model_dump(exclude={"prompt"})
+
+
+def explain_prompt(train: list[Excerpt], config: ExplainerConfig) -> ExplainPrompt:
+    """The configured style's prompt for these train excerpts (strongest first)."""
+    return build_styled_prompt(
+        config.prompt,
+        [(e.record.tokens, e.record.activations) for e in train],
+        max_prompt_tokens=config.max_prompt_tokens,
+        n_examples=config.n_examples,
+    )
 
 
 async def explain_excerpts(
@@ -45,11 +70,7 @@ async def explain_excerpts(
     """
     if not train:
         raise OutputError("no train excerpts to explain")
-    prompt = build_explain_prompt(
-        [(e.record.tokens, e.record.activations) for e in train],
-        max_prompt_tokens=config.max_prompt_tokens,
-        n_examples=config.n_examples,
-    )
+    prompt = explain_prompt(train, config)
     outcome = ExplainOutcome(prompt_version=prompt.prompt_version, attempts=config.max_attempts)
     missing = list(range(config.n_samples)) if samples is None else list(samples)
     last_raw: dict[int, str] = {}
@@ -99,7 +120,6 @@ class TokenRowExplainer:
     """Today's explainer behind the `Explainer` interface."""
 
     name = "token-rows"
-    prompt_version = EXPLAIN_PROMPT_VERSION
 
     def __init__(
         self, llm: LLM | None, config: ExplainerConfig | None = None, *, spec: str | None = None
@@ -115,11 +135,15 @@ class TokenRowExplainer:
     def n_samples(self) -> int:
         return self.settings.n_samples
 
+    @property
+    def prompt_version(self) -> str:
+        return self.settings.prompt
+
     def config(self) -> dict[str, Any]:
         return {
             "explainer": self.model,
             "method": self.name,
-            "settings": self.settings.model_dump(),
+            "settings": self.settings.hashed(),
             "prompt_version": self.prompt_version,
         }
 
@@ -138,11 +162,7 @@ class TokenRowExplainer:
         return self._counter
 
     def estimate(self, task: ExplainTask) -> Estimate:
-        prompt = build_explain_prompt(
-            [(e.record.tokens, e.record.activations) for e in task.train],
-            max_prompt_tokens=self.settings.max_prompt_tokens,
-            n_examples=self.settings.n_examples,
-        )
+        prompt = explain_prompt(task.train, self.settings)
         # One request asks for all missing samples at once (n=...); the completion is
         # bounded by max_tokens per sample.
         return Estimate(
@@ -152,4 +172,10 @@ class TokenRowExplainer:
         )
 
 
-__all__ = ["ANSWER_PREFIX", "ExplainerConfig", "TokenRowExplainer", "explain_excerpts"]
+__all__ = [
+    "ANSWER_PREFIX",
+    "ExplainerConfig",
+    "TokenRowExplainer",
+    "explain_excerpts",
+    "explain_prompt",
+]

@@ -40,6 +40,18 @@ def usage_record(stage: str, model: str, unit_id: str, usage: Usage, latency: fl
     )
 
 
+def _selected(sel: Any) -> dict[str, Any]:
+    if sel is None:
+        return {}
+    return {
+        "method": sel.method,
+        "validation_score": sel.validation_score,
+        "selection_scorer": sel.selection_scorer,
+        "candidates": sel.candidates,
+        "validation_excerpts": sel.validation_excerpts,
+    }
+
+
 class ExplainStage(StageBase):
     name = "explain"
 
@@ -53,7 +65,7 @@ class ExplainStage(StageBase):
         self._done: dict[str, set[int]] = {}
 
     def config(self) -> dict[str, Any]:
-        return {**self.explainer.config(), "splits": self.splits.model_dump()}
+        return {**self.explainer.config(), "splits": self.splits.hashed()}
 
     def _key(self, unit_id: str, sample: int | None = None) -> ItemKey:
         return ItemKey(
@@ -81,7 +93,8 @@ class ExplainStage(StageBase):
 
     def _task(self, item: WorkItem) -> ExplainTask:
         rec = self.records[item.unit_id]
-        return ExplainTask(rec, split_record(rec, self.splits).train, list(item.samples))
+        splits = split_record(rec, self.splits)
+        return ExplainTask(rec, splits.train, list(item.samples), splits.validation)
 
     async def do(self, item: WorkItem) -> WorkResult:
         task = self._task(item)
@@ -96,7 +109,7 @@ class ExplainStage(StageBase):
             # The call's usage is booked once, on the first explanation it produced.
             self._explanation(
                 item.unit_id, sample, text, train_ids, raw=raw, usage=out.usage if k == 0 else None
-            )
+            ).model_copy(update=_selected(out.extras.get(sample)))
             for k, (sample, text, raw) in enumerate(texts)
         ]
         failures = [
@@ -112,9 +125,15 @@ class ExplainStage(StageBase):
             )
             for sample, raw in out.failed
         ]
+        usage = [usage_record(self.name, self.model, item.unit_id, out.usage, latency)]
+        sel = out.selection_usage
+        if sel.requests or sel.cached_requests or sel.prompt_tokens:
+            # Scoring candidates on the validation split: its own line, so the explainer's
+            # tokens stay comparable with a single-sample explainer's.
+            usage.append(usage_record("explain-select", out.selection_model, item.unit_id, sel, 0))
         return WorkResult(
             writes={"explanations": explanations} if explanations else {},
-            usage=[usage_record(self.name, self.model, item.unit_id, out.usage, latency)],
+            usage=usage,
             failures=failures,
         )
 

@@ -71,7 +71,7 @@ class ScoreStage(StageBase):
         self._stored: dict[str, list[Any]] = {}
 
     def config(self) -> dict[str, Any]:
-        return {**self.scorer.config(), "splits": self.splits.model_dump()}
+        return {**self.scorer.config(), "splits": self.splits.hashed()}
 
     def probes(self) -> dict[str, Any]:
         probe = getattr(self.scorer, "probe", None)
@@ -98,6 +98,13 @@ class ScoreStage(StageBase):
         for e in self._explanations.values():
             held = self._splits_of(e.unit_id).held_out
             leaked = {x.excerpt_id for x in held} & set(e.train_excerpts)
+            chosen_on = {x.excerpt_id for x in held} & set(e.validation_excerpts)
+            if chosen_on:
+                raise DataError(
+                    f"unit {e.unit_id}: held-out excerpts {sorted(chosen_on)} were used to "
+                    "select its explanation (validation); score with the split settings "
+                    "the explanations were made with"
+                )
             if leaked:
                 raise DataError(
                     f"unit {e.unit_id}: held-out excerpts {sorted(leaked)} were shown to the "
