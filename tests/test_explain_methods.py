@@ -275,3 +275,4 @@ def test_best_index_takes_the_first_of_equal_finite_scores():
     v = lambda x: Verdict(x, Usage())  # noqa: E731
     assert best_index([v(None), v(0.5), v(float("nan")), v(0.5)]) == 1
     assert best_index([v(None), v(float("nan"))]) is None
+    assert best_index([v(0.0), v(-0.1)]) == 0  # zero is a score, not a missing one

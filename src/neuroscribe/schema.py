@@ -171,11 +171,14 @@ class Explanation(BaseModel):
     raw: str | None = None
     usage: Usage = Field(default_factory=Usage)
     created_at: str = Field(default_factory=utc_now)
-    method: str | None = None  # None: one sample as written (token-rows, baselines)
+    method: str | None = None  # the explainer's registry name; None in runs before 0.3
     validation_score: float | None = None
     selection_scorer: str | None = None  # "simulation (hf:embedded)": what chose it
     validation_excerpts: list[str] = Field(default_factory=list)  # what it was chosen on
     candidates: list[Candidate] = Field(default_factory=list)
+    # What scoring the candidates on validation cost (the selector's model), booked on
+    # the explanation it chose; `usage` is the explainer's own.
+    selection_usage: Usage | None = None
 
     @field_validator("text")
     @classmethod

@@ -40,12 +40,12 @@ class SelectConfig(BaseModel):
 
 def best_index(verdicts: list[Verdict]) -> int | None:
     """The candidate with the highest finite validation score (ties: the first)."""
-    best = None
+    best, top = None, -math.inf
     for i, v in enumerate(verdicts):
         if v.value is None or not math.isfinite(v.value):
             continue
-        if best is None or v.value > (verdicts[best].value or -math.inf):
-            best = i
+        if best is None or v.value > top:  # a score of 0.0 is a score, not "none"
+            best, top = i, v.value
     return best
 
 

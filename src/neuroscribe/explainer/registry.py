@@ -12,6 +12,7 @@ EXPLAINERS: dict[str, Any] = {
     "token-rows": "neuroscribe.explainer.token_rows:TokenRowExplainer",
     # Choosing on the validation split (explain.select: k, scorer, rounds).
     "best-of-k": "neuroscribe.explainer.best_of_k:BestOfKExplainer",
+    "revision": "neuroscribe.explainer.revision:RevisionExplainer",
     # Baselines without an LLM: the yardstick and the floor of a comparison.
     "token-lookup": "neuroscribe.explainer.baselines:TokenLookupExplainer",
     "random": "neuroscribe.explainer.baselines:RandomExplainer",

@@ -40,10 +40,11 @@ def usage_record(stage: str, model: str, unit_id: str, usage: Usage, latency: fl
     )
 
 
-def _selected(sel: Any) -> dict[str, Any]:
+def _selected(sel: Any, usage: Usage) -> dict[str, Any]:
     if sel is None:
         return {}
     return {
+        "selection_usage": usage,
         "method": sel.method,
         "validation_score": sel.validation_score,
         "selection_scorer": sel.selection_scorer,
@@ -109,7 +110,7 @@ class ExplainStage(StageBase):
             # The call's usage is booked once, on the first explanation it produced.
             self._explanation(
                 item.unit_id, sample, text, train_ids, raw=raw, usage=out.usage if k == 0 else None
-            ).model_copy(update=_selected(out.extras.get(sample)))
+            ).model_copy(update=_selected(out.extras.get(sample), out.selection_usage))
             for k, (sample, text, raw) in enumerate(texts)
         ]
         failures = [
@@ -175,6 +176,7 @@ class ExplainStage(StageBase):
             prompt_version=self.explainer.prompt_version,
             config_hash=h,
             train_excerpts=train_ids,
+            method=self.explainer.name,
             raw=raw,
             usage=usage or Usage(),
         )
