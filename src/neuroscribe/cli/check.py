@@ -110,6 +110,10 @@ def check_simulator_cmd(
 @takes(
     "explainer",
     "explainer_method",
+    "explain_prompt",
+    "k",
+    "select_scorer",
+    "rounds",
     "temperature",
     "max_tokens",
     "simulator",
@@ -151,6 +155,7 @@ def check_explainer_cmd(
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_row("explainer", escape(f"{report.explainer} ({report.method})"))
+    table.add_row("explainer prompt", escape(report.explain_prompt or ""))
     table.add_row("simulator", escape(f"{report.simulator} ({report.strategy})"))
     table.add_row("units", f"{report.n_units} ({report.split})")
     table.add_row("recovered (beats every false one)", f"{report.recovery_rate:.0%}")

@@ -41,9 +41,11 @@ ExplainerMethodOpt = Annotated[
     str,
     typer.Option(
         "--explainer-method",
-        help="How explanations are written: token-rows (the --explainer model reads "
-        "token<TAB>value rows), or a baseline that asks no model: token-lookup (the "
-        "unit's most frequent top tokens), random (an uninformative phrase: the floor).",
+        help="How explanations are written: token-rows (one prompt, --n-explanations "
+        "samples), best-of-k (--k samples, the best on the validation split kept), "
+        "revision (test the explanation on texts the explainer proposes, run through the "
+        "local subject model, and revise; --rounds), or a baseline that asks no model: "
+        "token-lookup (the unit's most frequent top tokens), random (the floor).",
     ),
 ]
 ExplainPromptOpt = Annotated[
@@ -54,6 +56,23 @@ ExplainPromptOpt = Annotated[
         "(<<marked>> excerpts, explain-highlight-v1), summary (top tokens with counts and "
         "short contexts, explain-summary-v1).",
     ),
+]
+KOpt = Annotated[
+    int | None,
+    typer.Option("--k", min=1, max=100, help="best-of-k: candidates sampled per unit (1–100)."),
+]
+SelectScorerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--select-scorer",
+        help="best-of-k / revision: the scorer that chooses on the validation split "
+        "(any --scorer name; NAME=MODEL gives it its own model; default: simulation with "
+        "the --simulator model).",
+    ),
+]
+RoundsOpt = Annotated[
+    int | None,
+    typer.Option("--rounds", min=1, max=10, help="revision: rounds of probing and revising."),
 ]
 SimulatorOpt = Annotated[
     str,
@@ -217,6 +236,9 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "explainer": (ExplainerOpt, EMBEDDED_SPEC),
     "explainer_method": (ExplainerMethodOpt, "token-rows"),
     "explain_prompt": (ExplainPromptOpt, None),
+    "k": (KOpt, None),
+    "select_scorer": (SelectScorerOpt, None),
+    "rounds": (RoundsOpt, None),
     "simulator": (SimulatorOpt, EMBEDDED_SPEC),
     "scorer": (ScorerOpt, "simulation"),
     "base_url": (BaseUrlOpt, None),
@@ -247,7 +269,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "record_tokens": (RecordTokensOpt, 16_000),
 }
 EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", "temperature")
-EXPLAIN += ("max_tokens",)
+EXPLAIN += ("max_tokens", "k", "select_scorer", "rounds")
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
@@ -298,6 +320,8 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "explainer": ("explain", "model"),
     "explainer_method": ("explain", "explainer"),
     "explain_prompt": ("explain", "settings", "prompt"),
+    "k": ("explain", "select", "k"),
+    "rounds": ("explain", "select", "rounds"),
     "n_explanations": ("explain", "settings", "n_samples"),
     "temperature": ("explain", "settings", "temperature"),
     "max_tokens": ("explain", "settings", "max_tokens"),
@@ -335,6 +359,12 @@ def _config(flags: dict[str, Any]) -> RunConfig:
     if flags.get("units") is not None:
         # `--units ''` selects nothing: refused (by the config) rather than read as "all".
         data.setdefault("units", {})["patterns"] = _patterns(flags["units"]) or [""]
+    if flags.get("select_scorer"):
+        name, _, model = flags["select_scorer"].partition("=")
+        select = data.setdefault("explain", {}).setdefault("select", {})
+        select["scorer"] = name.strip()
+        if model.strip():
+            select["model"] = model.strip()
     if flags.get("record_layers"):
         layers = [int(x) for x in flags["record_layers"].split(",") if x.strip()]
         data.setdefault("record", {})["layers"] = layers

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from neuroscribe.config import RunConfig
+from neuroscribe.errors import ConfigError
 from neuroscribe.groundtruth.check import (
     CheckReport,
     UnitCheck,
@@ -135,6 +136,7 @@ class ExplainerCheckReport(BaseModel):
     kind: str = "explainer"
     explainer: str
     method: str
+    explain_prompt: str | None = None
     simulator: str
     strategy: str
     prompt_version: str
@@ -193,9 +195,12 @@ async def check_explainer_async(
         _backend(config, ex.model, ex.timeout, explain_llm) as explain_llm,
         _backend(config, sec.model, sec.timeout, simulate_llm) as sim_llm,
     ):
-        explainer = factory(explain_llm, ex.settings)
         sim, _ = await _simulator(config, sim_llm)
         simulate = simulate_with(sim)
+        extra: dict[str, Any] = {}
+        if getattr(factory, "selects", False):
+            extra = await _selecting_parts(config, factory, sim_llm)
+        explainer = factory(explain_llm, ex.settings, **extra)
         for unit in units:
             start = time.perf_counter()
             record = unit_record(unit)
@@ -203,8 +208,16 @@ async def check_explainer_async(
                 Excerpt(excerpt_id=f"top:{i}", kind="top", role="train", record=r)
                 for i, r in enumerate(record.most_positive_activation_records)
             ]
-            outcome = await explainer.explain(ExplainTask(record, train, samples=[0]))
+            validation = [
+                Excerpt(f"validation:{i}", e.kind, "validation", r)
+                for i, (e, r) in enumerate(_validation(unit))
+            ]
+            outcome = await explainer.explain(
+                ExplainTask(record, train, samples=[0], validation=validation)
+            )
             usage = _priced(outcome.usage, ex.model)
+            if outcome.selection_usage.requests or outcome.selection_usage.prompt_tokens:
+                usage = usage.add(_priced(outcome.selection_usage, outcome.selection_model))
             ranked = await check_unit(unit, simulate)
             usage = usage.add(ranked.usage)
             row = ExplainerUnitCheck(
@@ -234,6 +247,7 @@ async def check_explainer_async(
     return ExplainerCheckReport(
         explainer=ex.model,
         method=ex.explainer,
+        explain_prompt=ex.settings.prompt,
         simulator=sec.model,
         strategy=sim.strategy,
         prompt_version=sim.prompt_version,
@@ -249,6 +263,37 @@ async def check_explainer_async(
         simulator_check=find_check(sec.model, sim.strategy, sim.prompt_version),
         units=results,
     )
+
+
+def _validation(unit: GroundTruthUnit) -> list[tuple[Any, ActivationRecord]]:
+    """What a choosing explainer chooses on: the unit's validation excerpts, else (the
+    built-in suite has none) its explain excerpts — never the score excerpts."""
+    chosen = unit.validation_excerpts or unit.explain_excerpts
+    return [(e, ActivationRecord(tokens=e.tokens, activations=e.activations)) for e in chosen]
+
+
+async def _selecting_parts(config: RunConfig, factory: Any, sim_llm: Any) -> dict[str, Any]:
+    """best-of-k / revision on suite units: the selector (on the simulator's model unless
+    the select section names another) and, for revision, the units' rules as the probe."""
+    from neuroscribe.explainer.select import Selector
+    from neuroscribe.groundtruth.probe import RuleProbe
+    from neuroscribe.scorer.registry import scorer_factory
+
+    sel, sec = config.explain.select, config.score
+    if sel.model is not None and sel.model != sec.model:
+        raise ConfigError(
+            "the ground-truth check chooses with the simulator's model; leave the "
+            "selection scorer's model unset (it is the --simulator)"
+        )
+    scorer = await scorer_factory(sel.scorer).build(
+        sim_llm, strategy=sec.strategy, n_examples=sec.n_examples, prompt_version=sec.prompt
+    )
+    return {
+        "select": sel,
+        "selector": Selector(scorer),
+        "validation": (0, 0),
+        "probe": RuleProbe() if getattr(factory, "probes_subject", False) else None,
+    }
 
 
 def run_sync(coro):

@@ -21,7 +21,7 @@ from neuroscribe.errors import DataError
 
 SUITE_SCHEMA_VERSION = 1
 Split = Literal["dev", "test"]
-ExcerptUse = Literal["explain", "score"]
+ExcerptUse = Literal["explain", "score", "validation"]
 
 
 class SuiteExcerpt(BaseModel):
@@ -30,7 +30,9 @@ class SuiteExcerpt(BaseModel):
     tokens: list[str]
     activations: list[float]
     kind: str = "top"  # top | random | contrast (how the builder picked it)
-    use: ExcerptUse = "score"  # explain: shown to explainers; score: held out
+    # explain: shown to explainers; score: held out; validation: for explainers that
+    # choose among candidates (best-of-k, revision), never scored.
+    use: ExcerptUse = "score"
 
     @model_validator(mode="after")
     def _check(self) -> SuiteExcerpt:
@@ -103,6 +105,10 @@ class GroundTruthUnit(BaseModel):
     @property
     def explain_excerpts(self) -> list[SuiteExcerpt]:
         return [e for e in self.excerpts if e.use == "explain"]
+
+    @property
+    def validation_excerpts(self) -> list[SuiteExcerpt]:
+        return [e for e in self.excerpts if e.use == "validation"]
 
     def candidates(self) -> list[tuple[str, str]]:
         """(kind, text) of every explanation to rank, the true one first."""
