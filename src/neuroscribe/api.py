@@ -482,6 +482,11 @@ def estimate(
             f"completion tokens are the upper bound max_tokens="
             f"{config.explain.settings.max_tokens} per sample"
         )
+        if getattr(stage.explainer, "selects", False):
+            est.notes.append(
+                f"{stage.explainer.name}: scoring candidates on the validation split "
+                f"({config.explain.select.scorer}, {selection_spec(config)}) is not counted"
+            )
         out.append(est)
         planned = stage.planned_explanations(plan, TYPICAL_EXPLANATION)
     if "score" in stages:
