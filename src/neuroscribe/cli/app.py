@@ -73,6 +73,7 @@ COMMAND_MODULES: list[str] = [
     "record",
     "check",
     "study",
+    "leaderboard",
 ]
 
 
