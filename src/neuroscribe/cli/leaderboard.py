@@ -22,7 +22,7 @@ from neuroscribe.llm.base import EMBEDDED_SPEC
 _GRID = ("explainer", "explain_prompt", "explainer_method", "baselines")
 _JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost")
 _JOB += ("no_cache", "prices")
-_EXPLAIN = ("n_explanations", "temperature", "max_tokens")
+_EXPLAIN = ("n_explanations", "temperature", "max_tokens", "k", "select_scorer", "rounds")
 
 
 @app.command("leaderboard")
