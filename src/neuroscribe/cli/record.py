@@ -65,7 +65,9 @@ def record(
     ),
     per_quantile: int = typer.Option(4, min=1, help="Excerpts sampled per quantile bin (≥ 1)."),
     pool_size: int = typer.Option(
-        512, min=1, help="Excerpts in the reservoir that random/quantile samples come from (≥ 1)."
+        512,
+        min=1,
+        help="Excerpts in the seeded uniform pool that random/quantile samples come from (≥ 1).",
     ),
     batch_size: int = typer.Option(8, min=1, help="Excerpts per forward pass (≥ 1)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
@@ -73,6 +75,18 @@ def record(
     seed: int = typer.Option(0, help="Seed of the random and quantile samples."),
     restart: bool = typer.Option(False, help="Discard an interrupted recording's checkpoint."),
     overwrite: bool = typer.Option(False, help="Replace records made with other options."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        help="Shard the corpus over a Ray cluster: auto, local, local:N (a cluster of N CPUs "
+        "on this machine), HOST:PORT or ray://HOST:PORT. Same records as without it.",
+    ),
+    ray_workers: int = typer.Option(
+        None,
+        "--ray-workers",
+        min=1,
+        help="Shard workers with --ray (default: the cluster's CPUs, or its GPUs on cuda).",
+    ),
 ) -> None:
     """Run a subject model over a corpus and write NeuronRecords to OUT/records/."""
     from neuroscribe.datasets.record import RecordProgress, record_run
@@ -120,6 +134,8 @@ def record(
         device=device,
         dtype=dtype,
         seed=seed,
+        ray=ray,
+        ray_workers=ray_workers,
     )
     if summary.skipped:
         console.print(f"{out}: already recorded with these options", highlight=False)

@@ -7,6 +7,10 @@
 Everything is written at the end through temporary files and renames, so an error leaves
 no half-written shard. An interrupted recording resumes from its last checkpoint when
 the same command (same configuration) is run again.
+
+With `ray=ADDRESS` (`neuroscribe record --ray ADDRESS`) the streaming pass is sharded over
+the workers of a Ray cluster and their summaries merged (`neuroscribe.distributed.record`);
+the files written are the same.
 """
 
 from __future__ import annotations
@@ -91,10 +95,18 @@ class RecordConfig(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)  # batches between checkpoints ...
     checkpoint_seconds: float = Field(60.0, ge=0)  # ... and at least this long between them
+    # Distributed recording (neuroscribe.distributed.record): a Ray cluster address
+    # (auto, local, local:N, HOST:PORT) and the number of shard workers (default: the
+    # cluster's CPUs, or its GPUs when recording on cuda). The records do not depend on them.
+    ray: str | None = None
+    ray_workers: int | None = Field(None, ge=1)
 
     def result_hash(self) -> str:
-        """Hash of the options that change the records (not device or checkpoint cadence)."""
-        data = self.model_dump(exclude={"device", "checkpoint_every", "checkpoint_seconds"})
+        """Hash of the options that change the records (not device, checkpoint cadence or
+        how the work is spread over workers)."""
+        data = self.model_dump(
+            exclude={"device", "checkpoint_every", "checkpoint_seconds", "ray", "ray_workers"}
+        )
         if data["sae_hook"] is None:  # added later: unset, it keeps older hashes valid
             del data["sae_hook"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -136,6 +148,8 @@ def record_run(
     `options` override fields of `config` (see `RecordConfig`), e.g.
     `record_run("run", layers=[0, 5], max_units=16, max_tokens=20_000)`.
     `restart` discards a checkpoint; `overwrite` replaces records made with other options.
+    With `ray="ADDRESS"` the corpus is sharded over the workers of a Ray cluster
+    (`neuroscribe.distributed.record`); the records are the same.
     """
     # Options given on purpose (not defaults): an SAE's own hook must agree with them.
     given = {k for k, v in options.items() if v is not None}
@@ -153,6 +167,20 @@ def record_run(
     out = Path(out)
     if cfg.min_excerpt_len > cfg.excerpt_len:
         cfg = cfg.model_copy(update={"min_excerpt_len": cfg.excerpt_len})
+    if cfg.ray_workers is not None and not cfg.ray:
+        raise ConfigError("--ray-workers needs --ray ADDRESS")
+    if cfg.ray:  # the GPUs, if any, are the workers' (checked there)
+        from neuroscribe.distributed.record import record_distributed
+
+        with RunDir(out).lock():
+            return record_distributed(
+                out,
+                cfg,
+                progress=progress,
+                restart=restart,
+                overwrite=overwrite,
+                hook_given="hook" in given,
+            )
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available here (use cpu)")
     with RunDir(out).lock():
@@ -166,22 +194,27 @@ def record_run(
         )
 
 
-def _record(
-    out: Path,
-    cfg: RecordConfig,
-    *,
-    progress: Callable[[RecordProgress], None] | None,
-    restart: bool,
-    overwrite: bool,
-    hook_given: bool = False,
-) -> RecordSummary:
+@dataclass
+class _Setup:
+    """What a recording needs before its first batch (the driver and every shard worker
+    of a distributed recording build the same one)."""
+
+    corpus: Corpus
+    subject: Subject
+    sources: list[UnitSource]
+    prefix: list[int]  # special tokens before each excerpt, never recorded
+    pad_id: int
+
+
+def _setup(cfg: RecordConfig, *, device: str | None, hook_given: bool = False) -> _Setup:
+    """Open the corpus, load the subject (and SAE) on `device`, choose the units."""
     corpus = open_corpus(cfg.corpus, text_column=cfg.text_column, split=cfg.split)
     sae = load_sae(cfg.sae, k=cfg.sae_k) if cfg.sae else None
     if sae is not None and cfg.unit_type != "sae":
         raise ConfigError(f"--sae records SAE latents: drop --unit-type {cfg.unit_type}")
     if sae is None and (cfg.sae_k is not None or cfg.sae_hook is not None):
         raise ConfigError("--sae-k and --sae-hook need --sae")
-    subject = load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype, revision=cfg.revision)
+    subject = load_subject(cfg.model, device=device, dtype=cfg.dtype, revision=cfg.revision)
     sources = build_sources(
         subject.model,
         unit_type=cfg.unit_type,
@@ -209,83 +242,197 @@ def _record(
             len(prefix) + cfg.excerpt_len,
         )
     _probe_widths(subject, sources, prefix, cfg)
+    return _Setup(corpus, subject, sources, prefix, _pad_id(subject.tokenizer))
 
-    chash = cfg.result_hash()
+
+def _existing(
+    out: Path, cfg: RecordConfig, setup: _Setup, *, overwrite: bool
+) -> tuple[list[Path], RunManifest | None, RecordSummary | None]:
+    """(record files, manifest, a summary if these records are already complete).
+
+    Refuses records of other options unless `overwrite`."""
     rundir = RunDir(out)
-    files = [rundir.records_dir / f"{s.file_stem}.jsonl" for s in sources]
+    files = [rundir.records_dir / f"{s.file_stem}.jsonl" for s in setup.sources]
     manifest = rundir.manifest()
     done = manifest.stages.get("record", {}) if manifest else {}
     if (
-        done.get("config_hash") == chash
+        done.get("config_hash") == cfg.result_hash()
         and done.get("status") == "complete"
         and all(f.exists() for f in files)
     ):
-        return RecordSummary(
+        n_units = sum(_n_units(s) for s in setup.sources)
+        summary = RecordSummary(
             out,
             files,
-            sum(_n_units(s) for s in sources),
+            n_units,
             done.get("n_tokens", 0),
             done.get("n_excerpts", 0),
             0.0,
             0.0,
             skipped=True,
         )
+        return files, manifest, summary
     existing = [f for f in files if f.exists()]
     if existing and not overwrite:
         raise ConfigError(
             f"{existing[0]} already holds records made with other options; "
             "use a new --out directory or --overwrite"
         )
+    return files, manifest, None
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    collector = Collector(
-        [_n_units(s) for s in sources],
+
+def _new_collector(cfg: RecordConfig, setup: _Setup) -> Collector:
+    return Collector(
+        [_n_units(s) for s in setup.sources],
         length=cfg.excerpt_len,
         n_top=cfg.n_top,
         pool_size=cfg.pool_size,
         seed=cfg.seed,
-        device=subject.device,
-        keep_pool_acts=_pool_bytes(cfg, sources) <= cfg.pool_memory_mb * 2**20,
+        device=setup.subject.device,
+        keep_pool_acts=_pool_bytes(cfg, setup.sources) <= cfg.pool_memory_mb * 2**20,
     )
-    recon = [_recon_stats(s) for s in sources]
-    ckpt = rundir.checkpoint_path
-    resumed = _maybe_resume(ckpt, chash, collector, restart, recon)
-    pad_id = _pad_id(subject.tokenizer)
+
+
+def _stream(
+    setup: _Setup,
+    cfg: RecordConfig,
+    collector: Collector,
+    recon: list[ReconStats | None],
+    *,
+    shard: tuple[int, int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Run the subject over the corpus and feed the collector, batch by batch.
+
+    Alone (`shard` None) it continues after the collector's `n_excerpts` (a resumed
+    checkpoint). As shard (rank, n) of a distributed recording it takes the batches
+    rank, rank + n, rank + 2n, ... of the one stream a single process would cut, with
+    their global excerpt ids: the same batches, so the same activations, and together
+    the n shards cover every excerpt once, `max_tokens` included.
+    `on_batch(i)` runs after the i-th batch this call recorded (1, 2, ...).
+    """
+    subject, prefix = setup.subject, setup.prefix
     windows = iter_windows(
-        corpus.texts(),
+        setup.corpus.texts(),
         subject.tokenizer,
         length=cfg.excerpt_len,
         min_length=cfg.min_excerpt_len,
         max_tokens=cfg.max_tokens,
     )
-    windows = itertools.islice(windows, collector.n_excerpts, None)
-    capture = Capture(subject.model, sources, recon=recon, skip_prefix=len(prefix))
-    last_ckpt = (0, time.perf_counter())  # (batch, time) of the last checkpoint
+    if shard is None:
+        windows = itertools.islice(windows, collector.n_excerpts, None)
+    capture = Capture(subject.model, setup.sources, recon=recon, skip_prefix=len(prefix))
+    done = 0
     with capture:
-        for nb, batch in enumerate(batched(windows, cfg.batch_size), start=1):
-            ids, mask, valid = make_batch(batch, prefix, cfg.excerpt_len, pad_id)
+        for b, batch in enumerate(batched(windows, cfg.batch_size)):
+            first_id = None
+            if shard is not None:
+                if b % shard[1] != shard[0]:
+                    continue
+                first_id = b * cfg.batch_size  # every earlier batch is full
+            ids, mask, valid = make_batch(batch, prefix, cfg.excerpt_len, setup.pad_id)
             acts = capture.run(ids.to(subject.device), mask.to(subject.device))
-            collector.update([a[:, len(prefix) :] for a in acts], valid, batch)
-            due = nb - last_ckpt[0] >= cfg.checkpoint_every
-            if due and time.perf_counter() - last_ckpt[1] >= cfg.checkpoint_seconds:
-                _save_checkpoint(ckpt, chash, collector, recon)
-                last_ckpt = (nb, time.perf_counter())
-            if progress is not None:
-                progress(
-                    RecordProgress(nb, collector.n_excerpts, collector.n_tokens, cfg.max_tokens)
-                )
+            collector.update([a[:, len(prefix) :] for a in acts], valid, batch, first_id=first_id)
+            done += 1
+            if on_batch is not None:
+                on_batch(done)
+
+
+def _record(
+    out: Path,
+    cfg: RecordConfig,
+    *,
+    progress: Callable[[RecordProgress], None] | None,
+    restart: bool,
+    overwrite: bool,
+    hook_given: bool = False,
+) -> RecordSummary:
+    setup = _setup(cfg, device=cfg.device, hook_given=hook_given)
+    files, manifest, skipped = _existing(out, cfg, setup, overwrite=overwrite)
+    if skipped is not None:
+        return skipped
+
+    chash = cfg.result_hash()
+    t0, c0 = time.perf_counter(), time.process_time()
+    collector = _new_collector(cfg, setup)
+    recon = [_recon_stats(s) for s in setup.sources]
+    ckpt = RunDir(out).checkpoint_path
+    resumed = _maybe_resume(ckpt, chash, collector, restart, recon)
+    last_ckpt = (0, time.perf_counter())  # (batch, time) of the last checkpoint
+
+    def on_batch(nb: int) -> None:
+        nonlocal last_ckpt
+        due = nb - last_ckpt[0] >= cfg.checkpoint_every
+        if due and time.perf_counter() - last_ckpt[1] >= cfg.checkpoint_seconds:
+            _save_checkpoint(ckpt, chash, collector, recon)
+            last_ckpt = (nb, time.perf_counter())
+        if progress is not None:
+            progress(RecordProgress(nb, collector.n_excerpts, collector.n_tokens, cfg.max_tokens))
+
+    _stream(setup, cfg, collector, recon, on_batch=on_batch)
+    t1, c1 = time.perf_counter(), time.process_time()
+    _finish(
+        out,
+        cfg,
+        setup,
+        collector,
+        recon,
+        manifest,
+        files,
+        overwrite=overwrite,
+        seconds=time.perf_counter() - t0,
+        run_info={"workers": 1, "device": str(setup.subject.device)},
+    )
+    return RecordSummary(
+        out,
+        files,
+        sum(_n_units(s) for s in setup.sources),
+        collector.n_tokens,
+        collector.n_excerpts,
+        t1 - t0,
+        time.perf_counter() - t1,
+        stream_cpu_seconds=c1 - c0,
+        resumed_from=resumed,
+    )
+
+
+def _finish(
+    out: Path,
+    cfg: RecordConfig,
+    setup: _Setup,
+    collector: Collector,
+    recon: list[ReconStats | None],
+    manifest: RunManifest | None,
+    files: list[Path],
+    *,
+    overwrite: bool,
+    seconds: float,
+    run_info: dict[str, Any],
+) -> None:
+    """Write the records (all through temporary files and renames) and the manifest, and
+    remove the checkpoint. `seconds` counts the streaming pass before this; `run_info`
+    (workers, device, ...) goes into the manifest's record stage."""
     if collector.n_excerpts == 0:
         raise DataError(
-            f"corpus {corpus.spec!r} gave no text to record (empty, or every document "
+            f"corpus {setup.corpus.spec!r} gave no text to record (empty, or every document "
             f"shorter than {cfg.min_excerpt_len} tokens)"
         )
-    t1, c1 = time.perf_counter(), time.process_time()
-
+    t0 = time.perf_counter()
+    rundir = RunDir(out)
     records_dir = rundir.records_dir
     records_dir.mkdir(parents=True, exist_ok=True)
     tmps: list[Path] = []
     try:
-        _write_records(subject, sources, collector, cfg, prefix, pad_id, files, tmps)
+        _write_records(
+            setup.subject,
+            setup.sources,
+            collector,
+            cfg,
+            setup.prefix,
+            setup.pad_id,
+            files,
+            tmps,
+        )
         for tmp, f in zip(tmps, files, strict=True):
             os.replace(tmp, f)
         tmps.clear()
@@ -295,33 +442,22 @@ def _record(
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
-    t2 = time.perf_counter()
     _write_manifest(
         out,
         manifest,
-        subject,
-        sources,
-        corpus,
+        setup.subject,
+        setup.sources,
+        setup.corpus,
         cfg,
-        chash,
+        cfg.result_hash(),
         collector,
         files,
-        t2 - t0,
-        prefix,
+        seconds + time.perf_counter() - t0,
+        setup.prefix,
         recon,
+        run_info,
     )
     shutil.rmtree(rundir.checkpoint_path.parent, ignore_errors=True)
-    return RecordSummary(
-        out,
-        files,
-        sum(_n_units(s) for s in sources),
-        collector.n_tokens,
-        collector.n_excerpts,
-        t1 - t0,
-        t2 - t1,
-        stream_cpu_seconds=c1 - c0,
-        resumed_from=resumed,
-    )
 
 
 def _pool_bytes(cfg: RecordConfig, sources: list[UnitSource]) -> int:
@@ -625,6 +761,7 @@ def _write_manifest(
     seconds: float,
     prefix: list[int],
     recon: list[ReconStats | None],
+    run_info: dict[str, Any],
 ) -> None:
     versions = _versions()
     manifest = manifest or RunManifest(package_version=versions.get("neuroscribe", ""))
@@ -659,7 +796,7 @@ def _write_manifest(
         "n_excerpts": collector.n_excerpts,
         "excluded_prefix_tokens": len(prefix),
         "seed": cfg.seed,
-        "device": str(subject.device),
+        **run_info,  # workers (1 = one process), device
         "seconds": round(seconds, 2),
         "versions": versions,
         "finished_at": utc_now(),
