@@ -3,6 +3,8 @@
 make_llm("gpt-4o-mini")                      # OpenAI (OPENAI_API_KEY)
 make_llm("smollm2", base_url="http://127.0.0.1:8080/v1")   # llama.cpp, vLLM, Ollama...
 make_llm("hf:embedded")                      # the embedded SmolLM2, in process
+make_llm("vllm:Qwen/Qwen2.5-1.5B-Instruct", base_url="http://gpu:8000/v1")  # vllm serve
+make_llm("vllm-local:Qwen/Qwen2.5-1.5B-Instruct")  # vLLM's engine in process (GPU, extra)
 make_llm("fake:test", answers=lambda msgs, **kw: "hi")     # the in-process test double
 
 Every backend gets the same layers (`wrappers`): usage accounting and prices, an
@@ -77,7 +79,12 @@ def make_llm(
     (timeout_s, concurrency, max_attempts, retry, transport, echo_shift, probe, probes,
     extra_body, max_response_bytes). `hf:<id or path>` is a local transformers model (`hf:embedded` the
     embedded SmolLM2; options: device, dtype, store, loaded); `fake:<name>` a `FakeLLM`
-    (options: answers, capabilities, ...). Other prefixes come from `register_backend`.
+    (options: answers, capabilities, ...). `vllm:<model>` is a `vllm serve` endpoint
+    (`base_url`/`api_key` and the OpenAI client's options; prompt logprobs through vLLM's
+    `prompt_logprobs`), `vllm-local:<hub id or folder>` vLLM's offline engine (options:
+    seed, max_batch, and `vllm.LLM` engine arguments). Other prefixes come from
+    `register_backend`; those whose `BackendInfo.endpoint` is set take `base_url` and
+    `api_key` too.
 
     Layers, for every backend: `cache` (a `ResponseCache` or the path of its sqlite
     file; None = no cache), `rpm`/`tpm` (requests and tokens per minute), `prices` (a
@@ -89,7 +96,7 @@ def make_llm(
     info = backend_info(spec)
     if info.prefix and spec == info.prefix:
         raise ConfigError(f"{info.prefix!r} needs a name after it, e.g. {EMBEDDED_SPEC}")
-    if not info.prefix:
+    if not info.prefix or info.endpoint:
         options.update(base_url=base_url, api_key=api_key)
     from neuroscribe.llm.registry import REGISTRY
 

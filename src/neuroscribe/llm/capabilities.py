@@ -11,13 +11,14 @@ and a dry run can do the same from the copy stored in a run manifest
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 CAPABILITIES_VERSION = 1
 
 TokenCounter = Callable[[str], int]
+PromptLogprobsStyle = Literal["echo", "vllm"]
 
 
 class Capabilities(BaseModel):
@@ -25,6 +26,10 @@ class Capabilities(BaseModel):
 
     `prompt_logprobs`: `complete(echo=True, logprobs=k)` returns the prompt's own tokens
     with their top-k logprobs, already aligned (entry i is the distribution *for* token i).
+    `prompt_logprobs_style` records how the backend gets them, for the manifest:
+    "echo" (`echo` + `logprobs` on /completions: OpenAI legacy, llama.cpp), "vllm"
+    (vLLM's `prompt_logprobs` extension, or its offline engine), None (unknown or n/a).
+    The caller asks the same way whatever the style; the backend translates.
     `echo_shift` records the raw server's alignment (0, 1, or None when unknown/not
     applicable) for the manifest; backends correct it before answering.
     `exact_logits`: the model runs in process and exposes its logits (exact simulation).
@@ -44,6 +49,7 @@ class Capabilities(BaseModel):
     context_length: int | None = None
     ten_single_token: bool | None = None
     echo_shift: int | None = None
+    prompt_logprobs_style: PromptLogprobsStyle | None = None
 
     # The tokenizer, when the backend knows it exactly (local models); never serialised.
     _counter: TokenCounter | None = PrivateAttr(default=None)
@@ -87,12 +93,20 @@ class Capabilities(BaseModel):
 
     @classmethod
     def from_probe(cls, probe: dict[str, Any]) -> Capabilities:
-        """Capabilities of an OpenAI-compatible endpoint from its probe result."""
+        """Capabilities of an OpenAI-compatible endpoint from its probe result.
+
+        Prompt logprobs come from `echo` where the endpoint serves them, else from vLLM's
+        `prompt_logprobs` (a probe from before the style was recorded means echo).
+        """
         shift = probe.get("echo_shift")
+        style = probe.get("prompt_logprobs_style")
+        if style not in ("echo", "vllm"):
+            style = "echo" if probe.get("echo_logprobs") else None
         return cls(
             chat=bool(probe.get("chat")),
             completions=bool(probe.get("completions")),
-            prompt_logprobs=bool(probe.get("echo_logprobs")),
+            prompt_logprobs=bool(probe.get("echo_logprobs"))
+            or (style == "vllm" and bool(probe.get("prompt_logprobs"))),
             chat_top_logprobs=bool(probe.get("chat_logprobs")),
             json_object=bool(probe.get("json_mode")),
             json_schema=bool(probe.get("json_schema")),
@@ -100,7 +114,8 @@ class Capabilities(BaseModel):
             context_length=probe.get("context_length"),
             ten_single_token=probe.get("ten_single_token"),
             echo_shift=shift if shift in (0, 1) else None,
+            prompt_logprobs_style=style,
         )
 
 
-__all__ = ["CAPABILITIES_VERSION", "Capabilities", "TokenCounter"]
+__all__ = ["CAPABILITIES_VERSION", "Capabilities", "PromptLogprobsStyle", "TokenCounter"]

@@ -29,11 +29,14 @@ class BackendInfo:
     the model's exact tokenizer, or None where it is not known offline (API models:
     the caller estimates). `offline_capabilities(spec)` returns capabilities knowable
     without contacting anything (local models: from the tokenizer), else None.
+    `endpoint`: an HTTP API backend that takes `base_url` and `api_key` (`make_llm`
+    passes them on); always so for the default backend.
     """
 
-    name: str  # "openai", "local", "fake"
+    name: str  # "openai", "local", "fake", "vllm", ...
     prefix: str  # "" for the default (OpenAI-compatible) backend
     local: bool = False
+    endpoint: bool = False
     token_counter: Callable[[str], tuple[Callable[[str], int], ChatCounter, str] | None] = field(
         default=lambda spec: None, compare=False
     )
@@ -129,11 +132,12 @@ def _ensure_builtins() -> None:
     if _builtins_done:
         return
     _builtins_done = True
-    from neuroscribe.llm import fake, gguf, local
+    from neuroscribe.llm import fake, gguf, local, vllm
 
-    REGISTRY.register("", _openai_factory, BackendInfo(name="openai", prefix=""))
+    REGISTRY.register("", _openai_factory, BackendInfo(name="openai", prefix="", endpoint=True))
     local.register(REGISTRY)
     gguf.register(REGISTRY)
+    vllm.register(REGISTRY)  # vllm: (a server) and vllm-local: (the offline engine)
     fake.register(REGISTRY)
 
 

@@ -3,7 +3,10 @@
 It builds request bodies, sends them through its `Wire` (HTTP, retries, errors, key)
 and maps the answers (`mapping`); echo answers are read with the alignment its probe
 found, so `Completion.prompt_tokens[i].top_logprobs` is always the distribution *for*
-token i. Cache, rate limits and pricing are layers `make_llm` adds around it.
+token i. On a vLLM server that refuses echo with logprobs (or with the style fixed to
+"vllm", as `vllm:<model>` does) prompt logprobs are asked with vLLM's
+`prompt_logprobs` field instead and mapped by `neuroscribe.llm.vllm` to the same form.
+Cache, rate limits and pricing are layers `make_llm` adds around it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from neuroscribe.errors import ConfigError, LLMError
-from neuroscribe.llm.base import Completion, LLMResponse
+from neuroscribe.errors import ConfigError, LLMError, OutputError
+from neuroscribe.llm.base import Completion, LLMResponse, clip_raw
 from neuroscribe.llm.capabilities import Capabilities
 from neuroscribe.llm.limits import RetryPolicy
 from neuroscribe.llm.messages import Message, to_wire
@@ -38,6 +41,9 @@ class OpenAIClient:
             (run lazily on the first echo request).
         probe: a stored `probe()` result (e.g. from the run manifest) to reuse.
         probes: a `ProbeCache` shared with other clients (default: this client's own).
+        prompt_logprobs_style: how `complete(echo=True, logprobs=k)` asks for the
+            prompt's logprobs: "echo", or "vllm" (vLLM's `prompt_logprobs` field); None =
+            take it from the probe (echo where it works, else vLLM's field if that does).
     """
 
     def __init__(
@@ -56,11 +62,16 @@ class OpenAIClient:
         probes: ProbeCache | None = None,
         extra_body: dict[str, Any] | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        prompt_logprobs_style: str | None = None,
     ):
         if not model:
             raise ConfigError("a model name is required")
         if echo_shift not in (None, 0, 1):
             raise ConfigError(f"echo_shift must be 0 or 1, not {echo_shift!r}")
+        if prompt_logprobs_style not in (None, "echo", "vllm"):
+            raise ConfigError(
+                f'prompt_logprobs_style must be "echo" or "vllm", not {prompt_logprobs_style!r}'
+            )
         self.model = model
         self.spec = model
         self.wire = Wire(
@@ -76,6 +87,7 @@ class OpenAIClient:
             max_response_bytes=max_response_bytes,
         )
         self._echo_shift = echo_shift
+        self._style = prompt_logprobs_style
         self.probes = probes if probes is not None else ProbeCache()
         if probe is not None:
             # A record stored before URLs were redacted may still carry credentials.
@@ -144,11 +156,16 @@ class OpenAIClient:
         stop: list[str] | None = None,
     ) -> LLMResponse:
         """POST /completions. With `echo` and `logprobs`, `prompt_tokens` holds the prompt's
-        own tokens with their (alignment-corrected) top logprobs.
+        own tokens with their (alignment-corrected) top logprobs — asked with `echo`, or
+        on a vLLM server with `prompt_logprobs` (the answer reads the same either way).
 
         `max_tokens=0` is sent as 1 (llama.cpp reads 0 as "until the context is full")
         and the generated token is then dropped from the answer.
         """
+        if echo and logprobs is not None and await self.prompt_logprobs_style() == "vllm":
+            return await self._complete_vllm(
+                prompt, n=n, temperature=temperature, max_tokens=max_tokens, k=logprobs, stop=stop
+            )
         body: dict[str, Any] = {
             "prompt": prompt,
             "n": n,
@@ -172,12 +189,81 @@ class OpenAIClient:
         data, (choices, usage) = await self.wire.request("/completions", body, mapper)
         return LLMResponse(choices=choices, usage=usage, raw=data)
 
+    async def _complete_vllm(
+        self,
+        prompt: str,
+        *,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        k: int,
+        stop: list[str] | None,
+    ) -> LLMResponse:
+        """An echo request the vLLM way: `prompt_logprobs=k` (top k per prompt position)
+        instead of `echo`. What is wrong in `prompt_logprobs` is an `OutputError` (asking
+        again would get the same answer), with the answer's usage, the key scrubbed."""
+        from neuroscribe.llm.vllm import describe_answer, map_server_choices
+
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max(1, max_tokens),
+            "logprobs": k,
+            "prompt_logprobs": k,
+        }
+        if stop:
+            body["stop"] = stop
+
+        def mapper(data: dict[str, Any]) -> tuple[list[Completion], Any]:
+            usage = map_usage(data)
+            try:
+                choices = map_server_choices(
+                    data,
+                    prompt=prompt,
+                    k=k,
+                    drop_generated=max_tokens <= 0,
+                    n_prompt_tokens=usage.prompt_tokens or None,
+                )
+            except OutputError as exc:
+                where = self.wire.where("/completions")
+                raw = clip_raw(describe_answer(data))
+                raise OutputError(
+                    self.wire.scrub(
+                        f"{exc} (an unusable vLLM prompt_logprobs answer from {where})"
+                    ),
+                    raw=self.wire.scrub(raw) if raw is not None else None,
+                    usage=usage,
+                ) from None
+            return choices, usage
+
+        data, (choices, usage) = await self.wire.request("/completions", body, mapper)
+        return LLMResponse(choices=choices, usage=usage, raw=data)
+
     async def capabilities(self) -> Capabilities:
         """From the probe (run once per endpoint + model in `self.probes`)."""
-        caps = Capabilities.from_probe(await self.probe())
+        probe = await self.probe()
+        caps = Capabilities.from_probe(probe)
         if self._echo_shift is not None:
             caps = caps.model_copy(update={"echo_shift": self._echo_shift})
+        if self._style == "echo" and caps.prompt_logprobs_style != "echo":
+            caps = caps.model_copy(
+                update={
+                    "prompt_logprobs": bool(probe.get("echo_logprobs")),
+                    "prompt_logprobs_style": "echo",
+                }
+            )
         return caps
+
+    async def prompt_logprobs_style(self) -> str:
+        """How prompt logprobs are asked here, "echo" or "vllm": the constructor's style,
+        else the probe's (echo unless the probe found only vLLM's `prompt_logprobs`). A
+        fixed `echo_shift` means echo, without probing."""
+        if self._style is not None:
+            return self._style
+        if self._echo_shift is not None:
+            return "echo"
+        return "vllm" if (await self.probe()).get("prompt_logprobs_style") == "vllm" else "echo"
 
     # ------------------------------------------------------------------ probing
     @property
@@ -222,7 +308,7 @@ class OpenAIClient:
             known = self.probes.get(self.base_url, self.model)
             if known is not None and not refresh:
                 return known
-            result = await run_probe(self.wire, self.check_model)
+            result = await run_probe(self.wire, self.check_model, style=self._style)
             self.probes.put(self.base_url, self.model, result)
             return result
 

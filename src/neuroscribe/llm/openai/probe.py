@@ -7,6 +7,12 @@ whether the top entry at position i is token i (shift 0, OpenAI semantics) or to
 (shift 1); the client then maps raw entry i-shift to token i. It also finds out whether
 "10" is one token, whether chat answers carry top logprobs, and which JSON modes work.
 
+vLLM's server answers the same prompt with `prompt_logprobs` (its extension; recent
+versions refuse `echo` with logprobs). Where echo gives no prompt logprobs and that
+field does, the endpoint's `prompt_logprobs_style` is "vllm": the client then asks that
+way. Its alignment is vLLM's documented one (entry i is for token i), checked on the
+repeated sentence by token id (`vllm.alignment_shift`).
+
 Results are kept in a `ProbeCache` keyed by (base_url, model): each client has its
 own unless several share one explicitly, and a stored result (from a run manifest) can
 be put in so nothing is asked again.
@@ -18,7 +24,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-from neuroscribe.errors import LLMError
+from neuroscribe.errors import LLMError, OutputError
 from neuroscribe.llm.openai.mapping import (
     MalformedAnswer,
     choices_of,
@@ -110,14 +116,121 @@ def chat_limit_name(model: str) -> str:
     )
 
 
-async def run_probe(wire: Wire, check_model: Any) -> dict[str, Any]:
+VLLM_PROBE_K = 5
+
+
+def _vllm_prompt_logprobs(data: dict[str, Any]) -> Any:
+    """The probe's `prompt_logprobs` answer, read (None when the server ignored the field)."""
+    from neuroscribe.llm.vllm import read_prompt_logprobs, to_token_logprobs
+
+    choice = choices_of(data)[0]
+    if choice.get("prompt_logprobs") is None:
+        return None
+    read = read_prompt_logprobs(
+        choice["prompt_logprobs"], choice.get("prompt_token_ids"), where="prompt_logprobs"
+    )
+    return read, to_token_logprobs(read, PROBE_PROMPT, VLLM_PROBE_K)
+
+
+async def _probe_echo(wire: Wire, r: dict[str, Any]) -> int | None:
+    """/completions with echo + logprobs: alignment and "10" tokenisation. Returns the
+    HTTP status of a refusal (None when answered)."""
+    try:
+        _, raw = await wire.request(
+            "/completions",
+            {
+                "prompt": PROBE_PROMPT,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": 5,
+                "echo": True,
+            },
+            _raw_echo,
+        )
+        r["completions"] = True
+        tokens, tops = raw["tokens"], raw["top_logprobs"]
+        if tokens and any(t for t in tops if t):
+            r["echo_logprobs"] = True
+            r["prompt_logprobs_style"] = "echo"
+            r["echo_tokens"] = tokens
+            r["echo_shift"] = detect_echo_shift(tokens, tops, raw["text_offset"])
+            r["ten_single_token"] = any(t.strip() == "10" for t in tokens)
+            if r["echo_shift"] is None:
+                r["errors"]["echo_shift"] = "could not tell the echo alignment apart"
+        else:
+            r["errors"]["echo_logprobs"] = "echo answer carried no prompt logprobs"
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        r["errors"]["completions"] = str(exc)
+        return exc.status
+    return None
+
+
+async def _probe_vllm(wire: Wire, r: dict[str, Any]) -> None:
+    """/completions with vLLM's `prompt_logprobs`: used where echo gave no prompt
+    logprobs, its alignment checked on token ids (`vllm.alignment_shift`)."""
+    errors: dict[str, str] = r["errors"]
+    try:
+        _, got = await wire.request(
+            "/completions",
+            {
+                "prompt": PROBE_PROMPT,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "extra_body": {"prompt_logprobs": VLLM_PROBE_K},
+            },
+            _vllm_prompt_logprobs,
+        )
+    except OutputError as exc:  # answered, but not usably
+        errors["prompt_logprobs"] = str(exc)
+        return
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        errors["prompt_logprobs"] = str(exc)
+        return
+    r["completions"] = True
+    r["prompt_logprobs"] = got is not None
+    if got is None or r["prompt_logprobs_style"] is not None:
+        return  # not served, or echo already serves them
+    from neuroscribe.llm.vllm import alignment_shift
+
+    read, prompt_tokens = got
+    shift = alignment_shift(read)
+    r["echo_tokens"] = [t.token for t in prompt_tokens]
+    r["ten_single_token"] = any(t.token.strip() == "10" for t in prompt_tokens)
+    if shift == 1:
+        # The entries predict the *next* token, not vLLM's documented alignment:
+        # reading them would be off by one, so they are not used.
+        r["prompt_logprobs"] = False
+        errors["prompt_logprobs"] = (
+            "prompt_logprobs entries predict the next token, not their own "
+            "(not vLLM's documented alignment): not used"
+        )
+        return
+    r["prompt_logprobs_style"] = "vllm"
+    r["echo_shift"] = 0  # vLLM's entry i is for token i: nothing to correct
+    if shift is None:
+        errors["echo_shift"] = (
+            "the probe could not confirm the prompt_logprobs alignment (a weak model?); "
+            "read as vLLM documents it"
+        )
+    if "completions" in errors:  # only echo + logprobs was refused
+        errors["echo_logprobs"] = errors.pop("completions")
+
+
+async def run_probe(wire: Wire, check_model: Any, *, style: str | None = None) -> dict[str, Any]:
     """Probe the endpoint (uncached requests); never raises for a missing capability.
 
     Keys: `base_url`, `model`, `probe_version`, `served_models`, `model_listed`,
     `completions`, `echo_logprobs`, `echo_shift` (0, 1 or None), `echo_tokens`,
-    `ten_single_token`, `prompt_logprobs` (vLLM extension), `chat`, `chat_logprobs`,
-    `json_mode`, `json_valid`, `json_schema`, `errors` (capability → message). A 401 is
-    raised, since nothing can work without a key.
+    `ten_single_token`, `prompt_logprobs` (vLLM extension), `prompt_logprobs_style`
+    ("echo", "vllm" or None: how prompt logprobs are read here), `chat`,
+    `chat_logprobs`, `json_mode`, `json_valid`, `json_schema`, `errors` (capability →
+    message). With the "vllm" style `echo_tokens`, `echo_shift` and `ten_single_token`
+    come from the `prompt_logprobs` answer. `style="vllm"` (a `vllm:` client) skips the
+    echo request. A 401 is raised, since nothing can work without a key.
     """
     r: dict[str, Any] = {
         "probe_version": PROBE_VERSION,
@@ -131,6 +244,7 @@ async def run_probe(wire: Wire, check_model: Any) -> dict[str, Any]:
         "echo_tokens": None,
         "ten_single_token": None,
         "prompt_logprobs": False,
+        "prompt_logprobs_style": None,
         "chat": False,
         "chat_logprobs": False,
         "json_mode": False,
@@ -149,50 +263,15 @@ async def run_probe(wire: Wire, check_model: Any) -> dict[str, Any]:
         r["model_listed"] = False
         errors["model"] = str(exc)
 
-    # /completions with echo + logprobs: alignment and "10" tokenisation.
-    try:
-        _, raw = await wire.request(
-            "/completions",
-            {
-                "prompt": PROBE_PROMPT,
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": 5,
-                "echo": True,
-            },
-            _raw_echo,
-        )
-        r["completions"] = True
-        tokens, tops = raw["tokens"], raw["top_logprobs"]
-        if tokens and any(t for t in tops if t):
-            r["echo_logprobs"] = True
-            r["echo_tokens"] = tokens
-            r["echo_shift"] = detect_echo_shift(tokens, tops, raw["text_offset"])
-            r["ten_single_token"] = any(t.strip() == "10" for t in tokens)
-            if r["echo_shift"] is None:
-                errors["echo_shift"] = "could not tell the echo alignment apart"
-        else:
-            errors["echo_logprobs"] = "echo answer carried no prompt logprobs"
-    except LLMError as exc:
-        if exc.status == 401:
-            raise
-        errors["completions"] = str(exc)
+    refused = None
+    if style != "vllm":  # a vllm: client never asks with echo
+        refused = await _probe_echo(wire, r)
 
-    if r["completions"]:  # vLLM's prompt_logprobs extension (ignored by others)
-        try:
-            _, choice = await wire.request(
-                "/completions",
-                {
-                    "prompt": PROBE_SENTENCE,
-                    "max_tokens": 1,
-                    "temperature": 0.0,
-                    "extra_body": {"prompt_logprobs": 1},
-                },
-                lambda data: choices_of(data)[0],
-            )
-            r["prompt_logprobs"] = bool(choice.get("prompt_logprobs"))
-        except LLMError as exc:
-            errors["prompt_logprobs"] = str(exc)
+    # vLLM's prompt_logprobs extension (other servers ignore the field or refuse it).
+    # Also asked where echo was refused (recent vLLM refuses echo with logprobs), but
+    # not where there is no /completions endpoint at all.
+    if refused != 404:
+        await _probe_vllm(wire, r)
 
     try:
         _, choices = await wire.request(
