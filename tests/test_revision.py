@@ -150,3 +150,45 @@ def test_revision_runs_proposals_through_the_subject_and_keeps_the_lineage(recor
     # Explainer calls: the first explanation, then a proposal and a revision per round.
     assert len([c for c in llm.calls if not c.params.get("response_format")]) == 5
     assert e.usage.prompt_tokens > 0 and e.selection_usage is not None
+
+
+def test_a_model_that_ignores_the_format_is_asked_one_side_at_a_time(recorded):
+    run_dir, records = recorded
+
+    def loose(request, **params) -> str:
+        text = _text(request)
+        if "design tests" in text:
+            return "Here are some ideas about cats and numbers."  # no ACTIVE:/SILENT: lines
+        if "Write one short sentence that contains" in text:
+            return "- The cat sat on the mat.\nmore"
+        if "Write one short sentence about something else" in text:
+            return '"Numbers: 1, 2, 3."'
+        return answers(request, **params)
+
+    llm = FakeLLM("fake:m", answers=loose, capabilities=Capabilities(json_object=True))
+    sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
+    scorer = SimulationScorer(sim, spec="fake:m", strategy="json", scale_max=9, n_examples=0)
+    probe = UnitProbe(run_dir=run_dir, store=ModelStore())
+    explainer = RevisionExplainer(
+        llm,
+        ExplainerConfig(temperature=0.0, max_tokens=16, n_examples=0, max_attempts=1),
+        select=SelectConfig(rounds=1, n_probes=2),
+        selector=Selector(scorer),
+        validation=(2, 1),
+        probe=probe,
+    )
+    run = RunDir(run_dir)
+    before = len(run.explanations())
+    asyncio.run(run_stage(ExplainStage(explainer, records[1:2], SPLITS), run, show_progress=False))
+    e = run.explanations()[before]
+    probes = e.candidates[1].probes
+    # n=2 samples a side, identical sentences kept once; real activations alongside.
+    assert [(p["text"], p["expected"]) for p in probes] == [
+        ("The cat sat on the mat.", "active"),
+        ("Numbers: 1, 2, 3.", "silent"),
+    ]
+    real = probe.activations(records[1], [p["text"] for p in probes])
+    assert [p["max_activation"] for p in probes] == pytest.approx(
+        [max(r.activations) for r in real], abs=1e-5
+    )
+    assert e.candidates[1].text == "the word the, revised"

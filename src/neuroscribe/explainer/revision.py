@@ -30,8 +30,10 @@ from neuroscribe.prompts.revise import (
     REVISE_PROMPT_VERSION,
     ProbeResult,
     parse_proposals,
+    parse_sentence,
     proposal_messages,
     revision_messages,
+    sentence_messages,
 )
 from neuroscribe.schema import ActivationRecord, Candidate, Usage
 from neuroscribe.stages.base import Estimate
@@ -73,6 +75,27 @@ class RevisionExplainer(_Selecting):
         )
         text = resp.choices[0].text if resp.choices else ""
         return text, resp.usage
+
+    async def _one_side_each(self, explanation: str) -> tuple[list[tuple[str, str]], Usage]:
+        """The fallback proposals: each side asked alone, n samples of one sentence."""
+        assert self.llm is not None
+        out: list[tuple[str, str]] = []
+        usage, seen = Usage(), set()
+        for kind in ("active", "silent"):
+            resp = await self.llm.chat(
+                sentence_messages(explanation, kind),
+                n=self.select.n_probes,
+                # Some spread between the samples, or n copies of one sentence.
+                temperature=max(self.settings.temperature, 0.7),
+                max_tokens=PROPOSAL_TOKENS_PER_TEXT,
+            )
+            usage = usage.add(resp.usage)
+            for c in resp.choices:
+                text = parse_sentence(c.text)
+                if text is not None and text.lower() not in seen:
+                    seen.add(text.lower())
+                    out.append((text, kind))
+        return out, usage
 
     async def _revise(
         self, messages: list[dict[str, str]]
@@ -137,12 +160,16 @@ class RevisionExplainer(_Selecting):
             outcome.usage = outcome.usage.add(used)
             proposals = parse_proposals(answer, self.select.n_probes)
             if not proposals:
+                proposals, used = await self._one_side_each(current)
+                outcome.usage = outcome.usage.add(used)
+            if not proposals:
                 candidates.append(
                     Candidate(
                         text=None,
                         round=round_,
                         parent=best,
-                        reason="proposed no test texts (no ACTIVE:/SILENT: lines): "
+                        reason="proposed no test texts (no ACTIVE:/SILENT: lines, no "
+                        "sentence when asked one side at a time): "
                         + repr((clip_raw(answer) or "")[:120]),
                     )
                 )
@@ -196,9 +223,11 @@ class RevisionExplainer(_Selecting):
         rounds = self.select.rounds
         # The first explanation, then per round a proposal and a revision (whose prompt
         # is the explain prompt again plus the results); the selector's scoring apart.
+        # An upper bound: a proposal answer that does not parse costs two more requests
+        # (each side asked alone).
         return Estimate(
-            1 + 2 * rounds,
+            1 + 4 * rounds,
             tokens * (1 + rounds) + rounds * 200,
             self.settings.max_tokens * (1 + rounds)
-            + rounds * 2 * self.select.n_probes * PROPOSAL_TOKENS_PER_TEXT,
+            + rounds * 4 * self.select.n_probes * PROPOSAL_TOKENS_PER_TEXT,
         )

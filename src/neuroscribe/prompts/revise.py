@@ -3,7 +3,9 @@
 Round r of the revision explainer asks the explainer twice:
 
 1. `proposal_messages`: given its explanation, write texts the unit should fire on
-   (`ACTIVE:` lines) and texts it should stay silent on (`SILENT:` lines);
+   (`ACTIVE:` lines) and texts it should stay silent on (`SILENT:` lines). Small models
+   rarely keep that format, so when it parses to nothing each side is asked on its own
+   (`sentence_messages`: "write one sentence that ..."; n samples, the first line of each);
 2. `revision_messages`: the explain prompt it answered (same style, same excerpts), its
    answer, then what the unit really did on those texts (each text with its strongest
    token and activation on the prompt's 0–10 scale), asking for a revised explanation
@@ -54,6 +56,26 @@ def proposal_messages(explanation: str, n: int) -> list[dict[str, str]]:
             ),
         },
     ]
+
+
+def sentence_messages(explanation: str, kind: str) -> list[dict[str, str]]:
+    """One side of the proposals on its own: a single sentence, which small models manage."""
+    want = (
+        f"that contains a clear example of: {explanation}"
+        if kind == "active"
+        else f"about something else entirely, with no example of: {explanation}"
+    )
+    return [{"role": "user", "content": f"Write one short sentence {want}. Only the sentence."}]
+
+
+def parse_sentence(answer: str) -> str | None:
+    """The first line of an answer as a probe text (bullets and quotes stripped), or None."""
+    for line in answer.splitlines():
+        text = re.sub(r"^\s*(?:[-*•]|\d+[.)]|sentence\s*:)\s*", "", line, flags=re.I)
+        text = text.strip().strip("\"'“”").strip()[:MAX_PROBE_CHARS].strip()
+        if text and "write one short sentence" not in text.lower():
+            return text
+    return None
 
 
 def parse_proposals(answer: str, n: int) -> list[tuple[str, str]]:
