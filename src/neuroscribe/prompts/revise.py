@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from neuroscribe.prompts.explain import _answer
 from neuroscribe.prompts.format import format_token
 
-REVISE_PROMPT_VERSION = "revise-v1"
+REVISE_PROMPT_VERSION = "revise-v2"  # v2: each side asked alone when the format fails
 MAX_PROBE_CHARS = 200
 
 _LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*(active|silent)\s*[:\-]\s*(.+?)\s*$", re.I)
