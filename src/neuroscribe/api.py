@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,39 @@ async def open_model(spec: str, config: RunConfig, timeout: float) -> AsyncItera
         yield llm
     finally:
         await llm.aclose()
+
+
+@asynccontextmanager
+async def driver_model(spec: str, config: RunConfig, timeout: float) -> AsyncIterator[Any]:
+    """The model a job's stage is built on in this process: `open_model`'s.
+
+    Under `--ray` the workers hold the models and this process only plans, so a local
+    model is not loaded here (None: the stage is built as a dry run builds it, and each
+    worker checks that its own has the same configuration hash); an API client is still
+    opened, for its preflight and its probe.
+    """
+    from neuroscribe.llm.registry import backend_info
+
+    if config.jobs.ray is not None and backend_info(spec).local:
+        yield None
+        return
+    async with open_model(spec, config, timeout) as llm:
+        yield llm
+
+
+@contextmanager
+def ray_connection(config: RunConfig) -> Iterator[None]:
+    """Connected to the cluster `config.jobs.ray` names for the `with` body (nothing
+    without it; an existing connection is kept, so nested stages share one)."""
+    if config.jobs.ray is None:
+        if config.jobs.ray_workers is not None:
+            raise ConfigError("--ray-workers needs --ray ADDRESS (the cluster to run on)")
+        yield
+        return
+    from neuroscribe.distributed.cluster import ray_cluster
+
+    with ray_cluster(config.jobs.ray):
+        yield
 
 
 def check_prices(config: RunConfig, specs: Sequence[str]) -> None:
@@ -254,18 +287,36 @@ def _finish(run: RunDir, summary: JobSummary, config: RunConfig, hooks: Hooks) -
     return summary
 
 
-async def _run(stage: Any, config: RunConfig) -> JobSummary:
+async def _run(stage: Any, config: RunConfig, kind: str | None = None) -> JobSummary:
+    """Run `stage` on the engine: in this process, or with `kind` ("explain", "score")
+    and `--ray`, its items done by a pool of Ray workers (the engine, and so planning,
+    writing, failures and the budget, stay here)."""
     from neuroscribe.llm.pricing import load_prices
 
-    return await run_stage(
-        stage,
-        RunDir(config.run_dir),
-        concurrency=config.jobs.concurrency,
-        retry_failed=config.jobs.retry_failed,
-        max_cost=config.jobs.max_cost,
-        show_progress=config.jobs.show_progress,
-        prices=load_prices(config.jobs.prices) if config.jobs.max_cost is not None else None,
-    )
+    jobs = config.jobs
+    run = RunDir(config.run_dir)
+    options: dict[str, Any] = {
+        "retry_failed": jobs.retry_failed,
+        "max_cost": jobs.max_cost,
+        "show_progress": jobs.show_progress,
+        "prices": load_prices(jobs.prices) if jobs.max_cost is not None else None,
+    }
+    if kind is None or jobs.ray is None:
+        return await run_stage(stage, run, concurrency=jobs.concurrency, **options)
+    from neuroscribe.distributed.jobs import RayExecutor
+
+    async with RayExecutor(kind, config, stage) as executor:
+        try:
+            summary = await run_stage(
+                stage, run, concurrency=executor.concurrency, executor=executor, **options
+            )
+        finally:
+            if executor.probes:  # what the workers' models were found to do
+                cfg = {"config_hash": stage.config_hash, **stage.config()}
+                run.update_manifest(stage.name, cfg, probes=executor.probes)
+    summary.details.update(executor.report())
+    summary.warnings += executor.warnings()
+    return summary
 
 
 async def explain_async(
@@ -275,12 +326,14 @@ async def explain_async(
     hooks = hooks or Hooks()
     check_prices(config, [config.explain.model])
     records = load_units(config) if records is None else records
-    with RunDir(config.run_dir).lock():
-        async with (
-            open_model(config.explain.model, config, config.explain.timeout) as llm,
-            explainer_parts(config, llm) as parts,
-        ):
-            summary = await _run(explain_stage(config, records, llm, **parts), config)
+    with RunDir(config.run_dir).lock(), ray_connection(config):
+        async with driver_model(config.explain.model, config, config.explain.timeout) as llm:
+            # Under --ray the selection model and probe live on the workers; this process
+            # plans with the selector a dry run plans with.
+            parts = nullcontext({}) if config.jobs.ray else explainer_parts(config, llm)
+            async with parts as extra:
+                stage = explain_stage(config, records, llm, **extra)
+                summary = await _run(stage, config, "explain")
         return _finish(RunDir(config.run_dir), summary, config, hooks)
 
 
@@ -305,15 +358,30 @@ async def score_async(
     check_prices(config, [sec.model])
     records = load_units(config) if records is None else records
     scorer_factory(sec.scorer)  # an unknown or unloadable scorer fails before any model opens
-    with RunDir(config.run_dir).lock():
-        async with open_model(sec.model, config, sec.timeout) as llm:
-            scorer = await build_scorer(llm, config)
+    with RunDir(config.run_dir).lock(), ray_connection(config):
+        async with driver_model(sec.model, config, sec.timeout) as llm:
+            scorer = planned_scorer(config)[0] if llm is None else await build_scorer(llm, config)
             _record_check(RunDir(config.run_dir), scorer)
-            summary = await _run(ScoreStage(scorer, records, config.splits), config)
-        summary.details = {
-            k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)
-        }
+            summary = await _run(ScoreStage(scorer, records, config.splits), config, "score")
+        summary.details.update(
+            {k: getattr(scorer, k) for k in ("strategy", "scale_max") if hasattr(scorer, k)}
+        )
         return _finish(RunDir(config.run_dir), summary, config, hooks)
+
+
+def planned_scorer(config: RunConfig) -> tuple[Any, str]:
+    """The score section's scorer as a dry run plans it (no model opened, no call sent),
+    with its planning note."""
+    sec = config.score
+    manifest = RunDir(config.run_dir).manifest()
+    probe = manifest.probes.get(sec.model) if manifest else None
+    return scorer_factory(sec.scorer).planned(
+        sec.model,
+        strategy=sec.strategy,
+        n_examples=sec.n_examples,
+        probe=probe,
+        prompt_version=sec.prompt,
+    )
 
 
 def parse_scorers(text: str) -> list[tuple[str, str | None]]:
@@ -380,7 +448,8 @@ async def score_many_async(
     """Score every explanation with each scorer in turn (each resumes on its own)."""
     configs = scorer_configs(config, scorers, hooks)
     records = load_units(config) if records is None else records
-    return [await score_async(c, records, hooks) for c in configs]
+    with ray_connection(config):  # one cluster connection for every scorer
+        return [await score_async(c, records, hooks) for c in configs]
 
 
 def score_many(
@@ -428,7 +497,8 @@ async def run_async(
     hooks = hooks or Hooks()
     configs = scorer_configs(config, scorers, hooks) if scorers else [config]
     check_prices(config, [config.explain.model, *(c.score.model for c in configs)])
-    with RunDir(config.run_dir).lock():  # one lock for all three stages
+    # One lock (and, with --ray, one cluster connection) for all three stages.
+    with RunDir(config.run_dir).lock(), ray_connection(config):
         record_if_missing(config, hooks)
         records = load_units(config)
         explained = await explain_async(config, records, hooks)
@@ -490,16 +560,7 @@ def estimate(
         out.append(est)
         planned = stage.planned_explanations(plan, TYPICAL_EXPLANATION)
     if "score" in stages:
-        sec = config.score
-        manifest = run.manifest()
-        probe = manifest.probes.get(sec.model) if manifest else None
-        scorer, note = scorer_factory(sec.scorer).planned(
-            sec.model,
-            strategy=sec.strategy,
-            n_examples=sec.n_examples,
-            probe=probe,
-            prompt_version=sec.prompt,
-        )
+        scorer, note = planned_scorer(config)
         stage = ScoreStage(scorer, records, config.splits, extra_explanations=planned)
         est = estimate_plan(stage, stage.plan(run, retry_failed=retry))
         counter = getattr(scorer, "counter", None)

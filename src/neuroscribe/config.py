@@ -136,6 +136,12 @@ class JobSection(_Section):
     cache: bool = True
     prices: Path | None = None
     show_progress: bool = True
+    # `--ray ADDRESS`: do the explain/score items on a pool of Ray actors (auto, local,
+    # local:N, HOST:PORT; see neuroscribe.distributed.cluster); None: in this process.
+    ray: str | None = None
+    # `--ray-workers N`: actors in the pool (None: the cluster's GPUs for a local model
+    # when it has GPUs, else its CPUs).
+    ray_workers: int | None = Field(None, ge=1)
 
     @field_validator("rpm", "tpm")
     @classmethod

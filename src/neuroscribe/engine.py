@@ -5,6 +5,11 @@ failure isolation (a failing item is written to failures.jsonl and the job goes 
 writing each finished item's lines at once (usage first, then outputs, so a crash can
 only over-count spend, never lose or duplicate a result), live progress with tokens and
 cost, and the budget. Per-call retries, timeouts and rate limits live in the LLM client.
+
+Where an item is *done* is the one thing it leaves to an `Executor`: in this process (the
+stage's own `do`, the default) or on a pool of Ray actors (`neuroscribe.distributed.jobs`,
+`--ray`). Either way the engine keeps planning, writing, failures, progress and the
+budget, so resume and no-duplicates hold alike.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from rich.progress import (
@@ -77,6 +82,27 @@ class JobSummary:
 
 
 Worker = Callable[[WorkItem], Awaitable[WorkResult]]
+
+
+class Executor(Protocol):
+    """Where the engine has a work item done; the only part of a job that may move.
+
+    `do` returns the item's `WorkResult` or raises what `stage.do` would raise (the
+    engine turns errors into failure lines, or stops on a `fatal` one). Nothing else:
+    the engine plans, writes through the one `RunDir`, counts and budgets.
+    """
+
+    async def do(self, item: WorkItem) -> WorkResult: ...
+
+
+class InProcess:
+    """The default executor: the stage's own `do`, on this process's event loop."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    async def do(self, item: WorkItem) -> WorkResult:
+        return await self.stage.do(item)
 
 
 class JobEngine:
@@ -243,6 +269,9 @@ class JobEngine:
                     return
                 result = WorkResult(failures=[self._failure(item, str(e), None)])
             except (OutputError, NeuroscribeError) as e:
+                if getattr(e, "fatal", False):  # e.g. every Ray worker lost: stop, resumable
+                    self._fatal = self._fatal or e
+                    return
                 raw = getattr(e, "raw", None)
                 result = WorkResult(
                     usage=list(getattr(e, "usage_records", None) or []),
@@ -355,11 +384,13 @@ async def run_stage(
     max_cost: float | None = None,
     show_progress: bool = True,
     prices: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> JobSummary:
     """Run any stage: plan, check the budget, record the config, do the items.
 
     With `max_cost` and a price table, each item reserves its estimated cost before it
-    starts (see `JobEngine._projected`)."""
+    starts (see `JobEngine._projected`). `executor` says where items are done (default:
+    `InProcess(stage)`); `concurrency` is how many are in flight at once, wherever."""
     plan = stage.plan(run, retry_failed=retry_failed)
     cfg = stage.config()
     h = stage.config_hash
@@ -378,6 +409,7 @@ async def run_stage(
         engine.check_budget(len(plan.items))  # before anything is written
     # Recorded before the work starts, so a killed job's manifest names its config.
     run.update_manifest(stage.name, {"config_hash": h, **cfg}, probes=stage.probes())
-    summary = await engine.run(plan.items, stage.do, skipped=plan.skipped)
+    worker = (executor or InProcess(stage)).do
+    summary = await engine.run(plan.items, worker, skipped=plan.skipped)
     summary.warnings = [warning] if warning else []
     return summary

@@ -219,6 +219,29 @@ PricesOpt = Annotated[
     ),
 ]
 
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Do the explain/score work on a Ray cluster, each worker with its own model; "
+        "this process still plans, writes and resumes, and keeps --max-cost and one "
+        "--rpm/--tpm for all workers. ADDRESS: auto (the cluster this machine belongs to), "
+        "local or local:N (a new one on this machine, N CPUs), HOST:PORT or ray://HOST:PORT. "
+        "Needs Ray: pip install 'neuroscribe\\[ray]'.",
+    ),
+]
+RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-workers",
+        min=1,
+        help="Ray workers, each holding its own model (≥ 1; default: the cluster's GPUs "
+        "for a local model on a cluster with GPUs, else its CPUs). --concurrency applies "
+        "per worker.",
+    ),
+]
+
 
 RecordLayersOpt = Annotated[
     str, typer.Option("--record-layers", help="Layers recorded when the run has no records.")
@@ -264,6 +287,8 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "dry_run": (DryRunOpt, False),
     "no_cache": (NoCacheOpt, False),
     "prices": (PricesOpt, None),
+    "ray": (RayOpt, None),
+    "ray_workers": (RayWorkersOpt, None),
     "record_layers": (RecordLayersOpt, "4,20"),
     "record_units": (RecordUnitsOpt, 4),
     "record_tokens": (RecordTokensOpt, 16_000),
@@ -275,6 +300,7 @@ COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", 
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
 JOB += ("no_cache", "prices")
 RECORD = ("record_layers", "record_units", "record_tokens")
+RAY = ("ray", "ray_workers")
 
 
 def takes(*names: str, **defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -342,6 +368,8 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "tpm": ("jobs", "tpm"),
     "max_cost": ("jobs", "max_cost"),
     "prices": ("jobs", "prices"),
+    "ray": ("jobs", "ray"),
+    "ray_workers": ("jobs", "ray_workers"),
     "record_units": ("record", "units"),
     "record_tokens": ("record", "tokens"),
 }
@@ -431,7 +459,7 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
 
 
 @app.command()
-@takes(*EXPLAIN, *COMMON, *JOB, timeout=60.0)
+@takes(*EXPLAIN, *COMMON, *JOB, *RAY, timeout=60.0)
 def explain(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Explain units: the explainer reads each unit's train top excerpts and writes explanations.jsonl."""
     config = _config(flags)
@@ -463,14 +491,14 @@ def _score_with(flags: dict[str, Any]) -> None:
 
 
 @app.command()
-@takes(*SCORE, *COMMON, *JOB)
+@takes(*SCORE, *COMMON, *JOB, *RAY)
 def simulate(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Score explanations on their held-out excerpts: by default simulate them, then correlate (simulations.jsonl, scores.jsonl); --scorer a,b,c runs several scorers."""
     _score_with(flags)
 
 
 @app.command()
-@takes(*SCORE, *COMMON, *JOB, scorer=None)
+@takes(*SCORE, *COMMON, *JOB, *RAY, scorer=None)
 def score(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Without --scorer: score stored simulations that have no score yet (no model). With --scorer simulation,detection,...: score every explanation with each (as simulate does)."""
     if flags["scorer"] is None:
@@ -482,7 +510,7 @@ def score(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
 
 
 @app.command("run")
-@takes(*EXPLAIN, *SCORE, *COMMON, *JOB, *RECORD)
+@takes(*EXPLAIN, *SCORE, *COMMON, *JOB, *RAY, *RECORD)
 def run_all(run: RunArg = DEFAULT_RUN, *, flags: dict[str, Any]) -> None:
     """Explain, simulate and score in one go (records the embedded model first if the run has none)."""
     scorers = _scorers(flags)
