@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import pytest
 
+from _fake_words import text_of, word_simulator
 from neuroscribe.engine import run_stage
 from neuroscribe.errors import DataError
 from neuroscribe.explainer.best_of_k import BestOfKExplainer, SelectConfig, best_index
@@ -145,21 +145,13 @@ SPLITS = SplitConfig(
 )  # fmt: skip
 
 
-def _text(messages) -> str:
-    return "\n".join(m["content"] for m in messages if isinstance(m["content"], str))
+_text = text_of
 
 
 def answers(request, **params) -> str:
     text = _text(request)
-    if params.get("response_format"):
-        # The simulator: fires on the token the explanation names ("the word w3").
-        fmt = params["response_format"]
-        schema = fmt.get("schema") or fmt["json_schema"]["schema"]
-        rows = text.rsplit("<start>\n", 1)[-1].split("\n<end>")[0].split("\n")
-        assert len(rows) == schema["properties"]["activations"]["minItems"]
-        named = re.findall(r"the word (\w+)", text)
-        hit = named[-1] if named else None
-        return json.dumps({"activations": [9 if r.strip() == hit else 0 for r in rows]})
+    if params.get("response_format"):  # the simulator: fires on the word it is told
+        return word_simulator(text, params)
     # The explainer: sample 0 names a wrong word, sample 1 the right one, sample 2
     # answers nothing usable.
     words = re.findall(r"\bw\d+\b", text.rsplit("Neuron", 1)[-1])

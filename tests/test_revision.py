@@ -8,11 +8,10 @@ explainer is shown are the unit's real ones on the texts it proposed.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 
 import pytest
 
+from _fake_words import text_of, word_simulator
 from neuroscribe.datasets.probe import UnitProbe
 from neuroscribe.datasets.record import record_run
 from neuroscribe.engine import run_stage
@@ -87,20 +86,13 @@ def recorded(tmp_path_factory):
     return out, read_jsonl(summary.files[0], NeuronRecord)
 
 
-def _text(messages) -> str:
-    return "\n".join(m["content"] for m in messages if isinstance(m["content"], str))
+_text = text_of
 
 
 def answers(request, **params) -> str:
     text = _text(request)
-    if params.get("response_format"):  # the simulator: fires on the word the explanation names
-        fmt = params["response_format"]
-        schema = fmt.get("schema") or fmt["json_schema"]["schema"]
-        rows = text.rsplit("<start>\n", 1)[-1].split("\n<end>")[0].split("\n")
-        assert len(rows) == schema["properties"]["activations"]["minItems"]
-        named = re.findall(r"the word (\w+)", text)
-        hit = named[-1] if named else None
-        return json.dumps({"activations": [9 if r.strip() == hit else 0 for r in rows]})
+    if params.get("response_format"):  # the simulator: fires on the word it is told
+        return word_simulator(text, params)
     if "design tests" in text:
         return "\n".join(f"{kind.upper()}: {t}" for t, kind in PROPOSALS)
     if "was tested on new texts" in text:
@@ -108,20 +100,26 @@ def answers(request, **params) -> str:
     return "the word zebra"
 
 
-def test_revision_runs_proposals_through_the_subject_and_keeps_the_lineage(recorded):
-    run_dir, records = recorded
-    llm = FakeLLM("fake:m", answers=answers, capabilities=Capabilities(json_object=True))
+def revision(llm, run_dir, **select) -> tuple[RevisionExplainer, UnitProbe]:
+    """The revision explainer on `llm` (explainer and simulator), the real subject probe."""
     sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
-    scorer = SimulationScorer(sim, spec="fake:m", strategy="json", scale_max=9, n_examples=0)
+    scorer = SimulationScorer(sim, spec=llm.spec, strategy="json", scale_max=9, n_examples=0)
     probe = UnitProbe(run_dir=run_dir, store=ModelStore())
     explainer = RevisionExplainer(
         llm,
         ExplainerConfig(temperature=0.0, max_tokens=16, n_examples=0, max_attempts=1),
-        select=SelectConfig(rounds=2, n_probes=1),
+        select=SelectConfig(**select),
         selector=Selector(scorer),
         validation=(2, 1),
         probe=probe,
     )
+    return explainer, probe
+
+
+def test_revision_runs_proposals_through_the_subject_and_keeps_the_lineage(recorded):
+    run_dir, records = recorded
+    llm = FakeLLM("fake:m", answers=answers, capabilities=Capabilities(json_object=True))
+    explainer, probe = revision(llm, run_dir, rounds=2, n_probes=1)
     run = RunDir(run_dir)
     s = asyncio.run(
         run_stage(ExplainStage(explainer, records[:1], SPLITS), run, show_progress=False)
@@ -166,17 +164,7 @@ def test_a_model_that_ignores_the_format_is_asked_one_side_at_a_time(recorded):
         return answers(request, **params)
 
     llm = FakeLLM("fake:m", answers=loose, capabilities=Capabilities(json_object=True))
-    sim = JsonSimulator(llm, scale_max=9, n_examples=0, json_mode="json_object")
-    scorer = SimulationScorer(sim, spec="fake:m", strategy="json", scale_max=9, n_examples=0)
-    probe = UnitProbe(run_dir=run_dir, store=ModelStore())
-    explainer = RevisionExplainer(
-        llm,
-        ExplainerConfig(temperature=0.0, max_tokens=16, n_examples=0, max_attempts=1),
-        select=SelectConfig(rounds=1, n_probes=2),
-        selector=Selector(scorer),
-        validation=(2, 1),
-        probe=probe,
-    )
+    explainer, probe = revision(llm, run_dir, rounds=1, n_probes=2)
     run = RunDir(run_dir)
     before = len(run.explanations())
     asyncio.run(run_stage(ExplainStage(explainer, records[1:2], SPLITS), run, show_progress=False))

@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from neuroscribe.errors import ConfigError, OutputError
 from neuroscribe.explainer.base import ExplainOutcome, ExplainTask, Selected
 from neuroscribe.explainer.select import Selector, Verdict
-from neuroscribe.explainer.token_rows import ExplainerConfig, explain_excerpts, explain_prompt
+from neuroscribe.explainer.token_rows import (
+    ExplainerConfig,
+    TokenRowExplainer,
+    explain_excerpts,
+    explain_prompt,
+)
 from neuroscribe.llm.base import LLM
 from neuroscribe.schema import Candidate, Usage
 from neuroscribe.stages.base import Estimate
@@ -49,8 +54,9 @@ def best_index(verdicts: list[Verdict]) -> int | None:
     return best
 
 
-class _Selecting:
-    """What best-of-k and revision share: a base explainer config, a selector, hashing."""
+class _Selecting(TokenRowExplainer):
+    """What best-of-k and revision share: the single-sample explainer's prompt, settings,
+    hashing and token counter, plus a selector and the validation split's size."""
 
     name = ""
     selects = True  # the api hands it a Selector and the validation split's size
@@ -67,9 +73,7 @@ class _Selecting:
         validation: tuple[int, int] = (4, 4),
         probe: Any = None,
     ) -> None:
-        self.llm = llm
-        self.model = llm.spec if llm is not None else (spec or "")
-        self.settings = config or ExplainerConfig()
+        super().__init__(llm, config, spec=spec)
         self.select = select or SelectConfig()
         self.selector = selector
         self.validation = validation
@@ -79,23 +83,13 @@ class _Selecting:
                 f"{self.name} keeps one explanation per unit; --n-explanations must be 1 "
                 f"(it samples {self.select.k} candidates itself)"
             )
-        self._counter: Any = None
-
-    n_samples = 1
-
-    @property
-    def prompt_version(self) -> str:
-        return self.settings.prompt
 
     def _own(self) -> dict[str, Any]:
         return {"k": self.select.k}
 
     def config(self) -> dict[str, Any]:
         return {
-            "explainer": self.model,
-            "method": self.name,
-            "settings": self.settings.hashed(),
-            "prompt_version": self.prompt_version,
+            **super().config(),
             **self._own(),
             # What chose: the scorer's whole config (model, strategy, prompt version...)
             # and the validation excerpts it saw.
@@ -109,14 +103,6 @@ class _Selecting:
         if self.llm is None or self.selector is None:
             raise OutputError("this explainer was built for planning only (no model)")
         return self.llm, self.selector
-
-    @property
-    def counter(self) -> Any:
-        from neuroscribe.estimate import token_counter
-
-        if self._counter is None:
-            self._counter = token_counter(self.model)
-        return self._counter
 
     @staticmethod
     def _require_validation(task: ExplainTask) -> None:

@@ -79,6 +79,25 @@ def build_explain_prompt(
     If the prompt would not fit in `max_prompt_tokens`, whole excerpts are dropped from
     the end (weakest first) and then few-shot examples; an excerpt is never cut.
     """
+    return fit_prompt(
+        _render,
+        excerpts,
+        max_prompt_tokens=max_prompt_tokens,
+        count_tokens=count_tokens,
+        n_examples=n_examples,
+    )
+
+
+def fit_prompt(
+    render: Callable[[list[tuple[Sequence[str], list[int]]], int], ExplainPrompt],
+    excerpts: Sequence[tuple[Sequence[str], Sequence[float]]],
+    *,
+    max_prompt_tokens: int | None,
+    count_tokens: Callable[[str], int],
+    n_examples: int,
+) -> ExplainPrompt:
+    """`render(pairs, n_examples)` on values normalised to 0–10, made to fit the budget
+    (every prompt style shares this): weakest excerpts dropped first, then examples."""
     if not excerpts:
         raise ValueError("cannot explain a unit without excerpts")
     # Normalise against the max over all excerpts given, so dropping weak ones later
@@ -88,7 +107,7 @@ def build_explain_prompt(
     n_ex = min(n_examples, len(EXAMPLES))
     n = len(pairs)
     while True:
-        prompt = _render(pairs[:n], n_ex)
+        prompt = render(pairs[:n], n_ex)
         if max_prompt_tokens is None or count_tokens(prompt.text) <= max_prompt_tokens:
             return prompt
         if n > 1:
@@ -97,8 +116,9 @@ def build_explain_prompt(
             n_ex -= 1
         else:
             raise PromptTooLong(
-                f"the explainer prompt needs {count_tokens(prompt.text)} tokens with a single "
-                f"excerpt and no examples, over the budget of {max_prompt_tokens}"
+                f"the {prompt.prompt_version} explainer prompt needs "
+                f"{count_tokens(prompt.text)} tokens with a single excerpt and no examples, "
+                f"over the budget of {max_prompt_tokens}"
             )
 
 

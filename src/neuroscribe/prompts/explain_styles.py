@@ -26,12 +26,11 @@ from neuroscribe.prompts.examples import EXAMPLES
 from neuroscribe.prompts.explain import (
     EXPLAIN_PROMPT_VERSION,
     ExplainPrompt,
-    PromptTooLong,
     _answer,
     build_explain_prompt,
+    fit_prompt,
 )
 from neuroscribe.prompts.format import approx_token_count, format_token
-from neuroscribe.scorer import normalize_activations
 
 HIGHLIGHT_VERSION = "explain-highlight-v1"
 SUMMARY_VERSION = "explain-summary-v1"
@@ -177,25 +176,13 @@ def _styled(
         count_tokens: Callable[[str], int] = approx_token_count,
         n_examples: int = 3,
     ) -> ExplainPrompt:
-        if not excerpts:
-            raise ValueError("cannot explain a unit without excerpts")
-        values = normalize_activations([a for _, a in excerpts])
-        pairs = [(tokens, v) for (tokens, _), v in zip(excerpts, values, strict=False)]
-        n_ex, n = min(n_examples, len(EXAMPLES)), len(pairs)
-        while True:
-            prompt = render(pairs[:n], n_ex)
-            if max_prompt_tokens is None or count_tokens(prompt.text) <= max_prompt_tokens:
-                return prompt
-            if n > 1:
-                n -= 1
-            elif n_ex > 0:
-                n_ex -= 1
-            else:
-                raise PromptTooLong(
-                    f"the {version} explainer prompt needs {count_tokens(prompt.text)} "
-                    f"tokens with a single excerpt and no examples, over the budget of "
-                    f"{max_prompt_tokens}"
-                )
+        return fit_prompt(
+            render,
+            excerpts,
+            max_prompt_tokens=max_prompt_tokens,
+            count_tokens=count_tokens,
+            n_examples=n_examples,
+        )
 
     build.__doc__ = f"Build the {version} prompt (see the module docstring)."
     return build
