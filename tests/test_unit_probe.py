@@ -84,6 +84,7 @@ def _max_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+@pytest.mark.slow  # records and reruns the embedded model: in CI's slow half
 def test_probing_recorded_excerpts_gives_back_their_tokens_and_activations(mlp_run, store):
     run, records = mlp_run
     probe = UnitProbe(run_dir=run, device="cpu", store=store)
@@ -169,6 +170,7 @@ def test_api_models_empty_texts_and_non_finite_activations_are_errors(mlp_run, s
         UnitProbe(subject=str(folder), device="cpu", store=store).activations(rec, ["a b c"])
 
 
+@pytest.mark.slow  # records and reruns the embedded model: in CI's slow half
 def test_sae_latents_match_the_recording_with_its_bos_prefix(tmp_path, corpus, store):
     # A SAELens folder on SmolLM2's residual stream after block 1, trained (it says) with a
     # BOS token in front: the recorder then prefixes every excerpt with BOS, and so must
