@@ -118,3 +118,19 @@ def brute_force(
     finally:
         handle.remove()
     return out
+
+
+# A small, fast recording of a tiny model over the built-in corpus (51 excerpts).
+SMALL_RECORDING = dict(
+    max_tokens=1200,
+    excerpt_len=24,
+    min_excerpt_len=4,
+    batch_size=5,
+    n_top=6,
+    n_random=5,
+    n_quantiles=3,
+    per_quantile=3,
+    pool_size=10_000,  # larger than the corpus: the pool holds every excerpt
+    max_units=None,
+    device="cpu",
+)

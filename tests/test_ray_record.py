@@ -18,7 +18,7 @@ import pytest
 import scipy.stats
 import torch
 
-from _record_helpers import tiny_model_dir
+from _record_helpers import SMALL_RECORDING, tiny_model_dir
 from neuroscribe.datasets.collect import Collector, excerpt_priority, merge_moments
 from neuroscribe.datasets.record import CHECKPOINT_DIR, record_run
 from neuroscribe.errors import ConfigError, DataError
@@ -253,20 +253,11 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
 
 
 # ------------------------------------------------------------------ a real Ray cluster
-SMALL = dict(
-    max_tokens=1200,
-    excerpt_len=24,
-    min_excerpt_len=4,
-    batch_size=5,
-    n_top=6,
-    n_random=5,
-    n_quantiles=3,
-    per_quantile=3,
-    pool_size=16,  # fewer than the 51 excerpts: the pool really samples
-    max_units=None,
-    device="cpu",
-    layers=[0, 2],
-)
+SMALL = {
+    **SMALL_RECORDING,
+    "pool_size": 16,  # fewer than the 51 excerpts: the pool really samples
+    "layers": [0, 2],
+}
 MOMENTS = ("mean", "variance", "skewness", "kurtosis", "max_activation", "frac_nonzero")
 
 

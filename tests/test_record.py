@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 from safetensors.torch import save_file
 
-from _record_helpers import brute_force, embedded_tokenizer, tiny_model_dir
+from _record_helpers import SMALL_RECORDING, brute_force, embedded_tokenizer, tiny_model_dir
 from neuroscribe.datasets.corpus import open_corpus
 from neuroscribe.datasets.record import CHECKPOINT_DIR, RecordConfig, record_run
 from neuroscribe.datasets.windows import TokenStrings, iter_windows
@@ -19,19 +19,7 @@ from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.jsonl import read_jsonl
 from neuroscribe.schema import NeuronRecord, RunManifest
 
-SMALL = dict(
-    max_tokens=1200,
-    excerpt_len=24,
-    min_excerpt_len=4,
-    batch_size=5,
-    n_top=6,
-    n_random=5,
-    n_quantiles=3,
-    per_quantile=3,
-    pool_size=10_000,  # larger than the corpus: the pool holds every excerpt
-    max_units=None,
-    device="cpu",
-)
+SMALL = SMALL_RECORDING
 
 
 @pytest.fixture(scope="module")
