@@ -67,25 +67,28 @@ def _example_pairs(ex: Sequence[ExampleExcerpt]) -> list[tuple[Sequence[str], Se
     return [(e.tokens, e.values) for e in ex]
 
 
-def build_explain_prompt(
-    excerpts: Sequence[tuple[Sequence[str], Sequence[float]]],
-    *,
-    max_prompt_tokens: int | None = None,
-    count_tokens: Callable[[str], int] = approx_token_count,
-    n_examples: int = 3,
-) -> ExplainPrompt:
-    """Build the prompt from (tokens, raw activations) excerpts, strongest first.
+def prompt_builder(
+    render: Callable[[list[tuple[Sequence[str], list[int]]], int], ExplainPrompt],
+) -> Callable[..., ExplainPrompt]:
+    """A style's public builder: `build(excerpts, *, max_prompt_tokens, count_tokens,
+    n_examples)` from its `render(pairs, n_examples)` (see `fit_prompt`)."""
 
-    If the prompt would not fit in `max_prompt_tokens`, whole excerpts are dropped from
-    the end (weakest first) and then few-shot examples; an excerpt is never cut.
-    """
-    return fit_prompt(
-        _render,
-        excerpts,
-        max_prompt_tokens=max_prompt_tokens,
-        count_tokens=count_tokens,
-        n_examples=n_examples,
-    )
+    def build(
+        excerpts: Sequence[tuple[Sequence[str], Sequence[float]]],
+        *,
+        max_prompt_tokens: int | None = None,
+        count_tokens: Callable[[str], int] = approx_token_count,
+        n_examples: int = 3,
+    ) -> ExplainPrompt:
+        return fit_prompt(
+            render,
+            excerpts,
+            max_prompt_tokens=max_prompt_tokens,
+            count_tokens=count_tokens,
+            n_examples=n_examples,
+        )
+
+    return build
 
 
 def fit_prompt(
@@ -122,21 +125,46 @@ def fit_prompt(
             )
 
 
-def _render(pairs: list[tuple[Sequence[str], list[int]]], n_examples: int) -> ExplainPrompt:
-    messages = [{"role": "system", "content": SYSTEM}]
-    text_parts = [SYSTEM + "\n"]
-    for k, ex in enumerate(EXAMPLES[:n_examples], start=1):
-        block = _neuron_block(k, _example_pairs(ex.excerpts))
-        messages.append({"role": "user", "content": block})
-        messages.append({"role": "assistant", "content": _answer(k, ex.explanation)})
-        text_parts.append(f"\n{block}{_answer(k, ex.explanation)}\n")
-    target = n_examples + 1
-    block = _neuron_block(target, pairs)
-    messages.append(
-        {
-            "role": "user",
-            "content": block + f'\nAnswer in the same form, completing: "{_answer(target)} ..."',
-        }
-    )
-    text_parts.append(f"\n{block}{_answer(target)}")
-    return ExplainPrompt(messages=messages, text="".join(text_parts), n_excerpts=len(pairs))
+def styled_render(
+    system: str,
+    block: Callable[[int, Sequence[tuple[Sequence[str], Sequence[int]]]], str],
+    version: str,
+) -> Callable[[list[tuple[Sequence[str], list[int]]], int], ExplainPrompt]:
+    """A prompt style's `render(pairs, n_examples)`: the system text, each few-shot neuron
+    as `block` writes it with its answer, then the unit's block and the answer to complete.
+    Every style shares this frame; only the system text and the block differ."""
+
+    def render(pairs: list[tuple[Sequence[str], list[int]]], n_examples: int) -> ExplainPrompt:
+        messages = [{"role": "system", "content": system}]
+        text_parts = [system + "\n"]
+        for k, ex in enumerate(EXAMPLES[:n_examples], start=1):
+            b = block(k, _example_pairs(ex.excerpts))
+            messages.append({"role": "user", "content": b})
+            messages.append({"role": "assistant", "content": _answer(k, ex.explanation)})
+            text_parts.append(f"\n{b}{_answer(k, ex.explanation)}\n")
+        target = n_examples + 1
+        b = block(target, pairs)
+        messages.append(
+            {
+                "role": "user",
+                "content": b + f'\nAnswer in the same form, completing: "{_answer(target)} ..."',
+            }
+        )
+        text_parts.append(f"\n{b}{_answer(target)}")
+        return ExplainPrompt(
+            messages=messages,
+            text="".join(text_parts),
+            n_excerpts=len(pairs),
+            prompt_version=version,
+        )
+
+    return render
+
+
+_render = styled_render(SYSTEM, _neuron_block, EXPLAIN_PROMPT_VERSION)
+
+
+# Build the prompt from (tokens, raw activations) excerpts, strongest first. If it would not
+# fit in `max_prompt_tokens`, whole excerpts are dropped from the end (weakest first) and
+# then few-shot examples; an excerpt is never cut.
+build_explain_prompt = prompt_builder(_render)

@@ -22,15 +22,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from neuroscribe.prompts.examples import EXAMPLES
 from neuroscribe.prompts.explain import (
     EXPLAIN_PROMPT_VERSION,
     ExplainPrompt,
-    _answer,
     build_explain_prompt,
-    fit_prompt,
+    prompt_builder,
+    styled_render,
 )
-from neuroscribe.prompts.format import approx_token_count, format_token
+from neuroscribe.prompts.format import format_token
 
 HIGHLIGHT_VERSION = "explain-highlight-v1"
 SUMMARY_VERSION = "explain-summary-v1"
@@ -145,47 +144,7 @@ def _summary_block(number: int, excerpts: Pairs) -> str:
 def _styled(
     system: str, block: Callable[[int, Pairs], str], version: str
 ) -> Callable[..., ExplainPrompt]:
-    def render(pairs: Pairs, n_examples: int) -> ExplainPrompt:
-        messages = [{"role": "system", "content": system}]
-        text_parts = [system + "\n"]
-        for k, ex in enumerate(EXAMPLES[:n_examples], start=1):
-            b = block(k, [(e.tokens, e.values) for e in ex.excerpts])
-            messages.append({"role": "user", "content": b})
-            messages.append({"role": "assistant", "content": _answer(k, ex.explanation)})
-            text_parts.append(f"\n{b}{_answer(k, ex.explanation)}\n")
-        target = n_examples + 1
-        b = block(target, pairs)
-        messages.append(
-            {
-                "role": "user",
-                "content": b + f'\nAnswer in the same form, completing: "{_answer(target)} ..."',
-            }
-        )
-        text_parts.append(f"\n{b}{_answer(target)}")
-        return ExplainPrompt(
-            messages=messages,
-            text="".join(text_parts),
-            n_excerpts=len(pairs),
-            prompt_version=version,
-        )
-
-    def build(
-        excerpts: Sequence[tuple[Sequence[str], Sequence[float]]],
-        *,
-        max_prompt_tokens: int | None = None,
-        count_tokens: Callable[[str], int] = approx_token_count,
-        n_examples: int = 3,
-    ) -> ExplainPrompt:
-        return fit_prompt(
-            render,
-            excerpts,
-            max_prompt_tokens=max_prompt_tokens,
-            count_tokens=count_tokens,
-            n_examples=n_examples,
-        )
-
-    build.__doc__ = f"Build the {version} prompt (see the module docstring)."
-    return build
+    return prompt_builder(styled_render(system, block, version))
 
 
 build_highlight_prompt = _styled(HIGHLIGHT_SYSTEM, _highlight_block, HIGHLIGHT_VERSION)
