@@ -225,6 +225,7 @@ def selection_spec(config: RunConfig) -> str:
 
 
 def _selection_options(config: RunConfig) -> dict[str, Any]:
+    # The score section's simulation options: the selector simulates as scoring does.
     sec = config.score
     return {
         "strategy": sec.strategy,
@@ -237,12 +238,7 @@ def planned_selector(config: RunConfig) -> Any:
     """The selector as a dry run plans it (no model opened, no call sent)."""
     from neuroscribe.explainer.select import Selector
 
-    spec = selection_spec(config)
-    manifest = RunDir(config.run_dir).manifest()
-    probe = manifest.probes.get(spec) if manifest else None
-    scorer, _ = scorer_factory(config.explain.select.scorer).planned(
-        spec, probe=probe, **_selection_options(config)
-    )
+    scorer, _ = _planned(config, config.explain.select.scorer, selection_spec(config))
     return Selector(scorer)
 
 
@@ -372,16 +368,14 @@ async def score_async(
 def planned_scorer(config: RunConfig) -> tuple[Any, str]:
     """The score section's scorer as a dry run plans it (no model opened, no call sent),
     with its planning note."""
-    sec = config.score
+    return _planned(config, config.score.scorer, config.score.model)
+
+
+def _planned(config: RunConfig, name: str, spec: str) -> tuple[Any, str]:
+    """Scorer `name` on `spec` as planned, with the probe the run's manifest kept for it."""
     manifest = RunDir(config.run_dir).manifest()
-    probe = manifest.probes.get(sec.model) if manifest else None
-    return scorer_factory(sec.scorer).planned(
-        sec.model,
-        strategy=sec.strategy,
-        n_examples=sec.n_examples,
-        probe=probe,
-        prompt_version=sec.prompt,
-    )
+    probe = manifest.probes.get(spec) if manifest else None
+    return scorer_factory(name).planned(spec, probe=probe, **_selection_options(config))
 
 
 def parse_scorers(text: str) -> list[tuple[str, str | None]]:

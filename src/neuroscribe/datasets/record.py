@@ -170,21 +170,13 @@ def record_run(
     if cfg.ray_workers is not None and not cfg.ray:
         raise ConfigError("--ray-workers needs --ray ADDRESS")
     if cfg.ray:  # the GPUs, if any, are the workers' (checked there)
-        from neuroscribe.distributed.record import record_distributed
-
-        with RunDir(out).lock():
-            return record_distributed(
-                out,
-                cfg,
-                progress=progress,
-                restart=restart,
-                overwrite=overwrite,
-                hook_given="hook" in given,
-            )
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available here (use cpu)")
+        from neuroscribe.distributed.record import record_distributed as recorder
+    else:
+        if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: no CUDA GPU is available here (use cpu)")
+        recorder = _record
     with RunDir(out).lock():
-        return _record(
+        return recorder(
             out,
             cfg,
             progress=progress,

@@ -161,10 +161,7 @@ class BestOfKExplainer(_Selecting):
         texts = {s: (t, r) for s, t, r in sampled.texts}
         failed = dict(sampled.failed)
         # Identical texts are scored once: same text, same validation score.
-        distinct = sorted(
-            {t for t, _ in texts.values()},
-            key=lambda t: min(s for s, (x, _) in texts.items() if x == t),
-        )
+        distinct = list(dict.fromkeys(t for _, (t, _) in sorted(texts.items())))
         verdict_of = dict(
             zip(
                 distinct,
