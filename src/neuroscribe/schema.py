@@ -11,7 +11,16 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 # Lines whose shape changed carry their own version; readers upgrade older lines.
@@ -28,13 +37,93 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# A spatial map is kept small: it is for showing where in the image the unit fired.
+MAX_SPATIAL_SIDE = 32
+
+
+class ImageRef(BaseModel):
+    """An image excerpt's picture: a content-addressed file in the run directory.
+
+    `path` and `thumbnail` are relative to the run directory (`images/<sha256>.png`,
+    `images/thumbs/<sha256>.png`); the file's bytes hash to `sha256`, so the same image
+    recorded twice is stored once. `pooling` says how the excerpt's one activation was
+    made from the unit's spatial map (`max` or `mean` over positions: patches, cells);
+    `spatial` is that map (rows of columns, at most 32 a side), or None for units with
+    no positions (an image embedding's dimension). `caption` and `labels` are what the
+    image source says about the picture (dataset captions, class names, CLIP zero-shot
+    labels); text-only explainers and simulators read them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    path: str
+    thumbnail: str | None = None
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    source: str | None = None
+    caption: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    pooling: Literal["max", "mean"] = "max"
+    spatial: list[list[float]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageRef:
+        for rel in (self.path, self.thumbnail):
+            if rel is not None and (
+                rel.startswith(("/", "\\")) or ".." in rel.replace("\\", "/").split("/")
+            ):
+                raise ValueError(f"image path {rel!r} is not inside the run directory")
+        if self.spatial is not None:
+            rows = len(self.spatial)
+            cols = {len(r) for r in self.spatial}
+            if not rows or len(cols) != 1 or not next(iter(cols)):
+                raise ValueError("spatial map is not a non-empty rectangle")
+            if rows > MAX_SPATIAL_SIDE or next(iter(cols)) > MAX_SPATIAL_SIDE:
+                raise ValueError(
+                    f"spatial map is {rows}x{next(iter(cols))}; at most "
+                    f"{MAX_SPATIAL_SIDE} a side is kept"
+                )
+            for row in self.spatial:
+                for v in row:
+                    if not math.isfinite(v) or abs(v) > MAX_ABS_ACTIVATION:
+                        raise ValueError(f"spatial activation {v!r} is not finite or in range")
+        return self
+
+    @property
+    def description(self) -> str:
+        """What a text-only route says about the picture: caption, else labels."""
+        if self.caption:
+            return self.caption
+        if self.labels:
+            return ", ".join(self.labels)
+        return f"image {self.sha256[:12]}"
+
+
 class ActivationRecord(BaseModel):
-    """One excerpt: the subject model's tokens and the unit's activation on each."""
+    """One excerpt: the subject model's tokens and the unit's activation on each.
+
+    An image excerpt (vision units) has one position, the whole image: `tokens` holds
+    the picture's text description (caption or labels) and `activations` the unit's
+    pooled activation; `image` says where the picture is and holds its spatial map.
+    Text excerpts have no `image` and are written exactly as before.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     tokens: list[str]
     activations: list[float]
+    image: ImageRef | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_image(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # Text runs' files stay byte-identical to those of versions without images.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("image", 0) is None:
+            data.pop("image")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -48,6 +137,10 @@ class ActivationRecord(BaseModel):
     def _check(self) -> ActivationRecord:
         if not self.tokens:
             raise ValueError("activation record has no tokens")
+        if self.image is not None and len(self.tokens) != 1:
+            raise ValueError(
+                f"an image excerpt has one position (the whole image), not {len(self.tokens)}"
+            )
         if len(self.tokens) != len(self.activations):
             raise ValueError(
                 f"activation record has {len(self.tokens)} tokens but "
@@ -68,6 +161,11 @@ class ActivationRecord(BaseModel):
     @property
     def max_activation(self) -> float:
         return max(self.activations)
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What makes two excerpts the same: the picture for images, else the tokens."""
+        return ("image", self.image.sha256) if self.image is not None else tuple(self.tokens)
 
 
 class NeuronId(BaseModel):
@@ -100,6 +198,13 @@ class NeuronRecord(BaseModel):
     # Extra statistics recorded by `neuroscribe record` (absent in OpenAI's files).
     max_activation: float | None = None
     frac_nonzero: float | None = None
+
+    @property
+    def modality(self) -> Literal["text", "image"]:
+        """`image` when the unit's excerpts are pictures (vision units), else `text`."""
+        for r in (*self.most_positive_activation_records, *self.random_sample):
+            return "image" if r.image is not None else "text"
+        return "text"
 
     @model_validator(mode="after")
     def _fill_ids(self) -> NeuronRecord:

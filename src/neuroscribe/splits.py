@@ -98,8 +98,9 @@ def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Spl
     dealt = {p for fold in folds for p in fold}
     val_top = [item for p, item in enumerate(top) if p not in dealt][: cfg.n_validation_top]
 
-    seen = {tuple(r.tokens) for _, r in train_ids}
-    rnd = [(i, r) for i, r in enumerate(record.random_sample) if tuple(r.tokens) not in seen]
+    # Images are the same excerpt when they are the same picture, whatever their caption.
+    seen = {r.identity for _, r in train_ids}
+    rnd = [(i, r) for i, r in enumerate(record.random_sample) if r.identity not in seen]
     rfolds = _deal(rnd, [cfg.n_test_random, cfg.n_calibration_random])
     test_rnd = [rnd[p] for p in rfolds[0]]
     cal_rnd = [rnd[p] for p in rfolds[1]]
