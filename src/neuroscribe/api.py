@@ -168,6 +168,36 @@ def load_units(config: RunConfig) -> list[NeuronRecord]:
     return select_units(records, config.units.patterns, config.units.max_units)
 
 
+# What the text pipeline's defaults become for image units (vision runs): the same stages
+# with the explainer and scorers that read pictures (neuroscribe.vision).
+IMAGE_ROUTES = {"token-rows": "image", "simulation": "image-simulation"}
+
+
+def modality(records: Sequence[NeuronRecord]) -> str:
+    """`text` or `image`: what the selected units' excerpts are (never a mix)."""
+    kinds = {r.modality for r in records}
+    if len(kinds) > 1:
+        raise DataError("the selected units mix text and image units; select one kind with --units")
+    return kinds.pop() if kinds else "text"
+
+
+def routed(config: RunConfig, records: Sequence[NeuronRecord]) -> RunConfig:
+    """`config` for these units: for image units, the text defaults (the token-row
+    explainer, the simulation scorer, also as best-of-k's selection scorer) are replaced
+    by their image counterparts; an explicit choice (e.g. clip-similarity) is kept."""
+    if modality(records) != "image":
+        return config
+    ex, sc = config.explain, config.score
+    select = ex.select.model_copy(
+        update={"scorer": IMAGE_ROUTES.get(ex.select.scorer, ex.select.scorer)}
+    )
+    ex = ex.model_copy(
+        update={"explainer": IMAGE_ROUTES.get(ex.explainer, ex.explainer), "select": select}
+    )
+    sc = sc.model_copy(update={"scorer": IMAGE_ROUTES.get(sc.scorer, sc.scorer)})
+    return config.model_copy(update={"explain": ex, "score": sc})
+
+
 def record_if_missing(config: RunConfig, hooks: Hooks | None = None) -> bool:
     """Record the embedded model over the built-in corpus when the run has no records."""
     run = RunDir(config.run_dir)
@@ -322,6 +352,7 @@ async def explain_async(
     hooks = hooks or Hooks()
     check_prices(config, [config.explain.model])
     records = load_units(config) if records is None else records
+    config = routed(config, records)
     with RunDir(config.run_dir).lock(), ray_connection(config):
         async with driver_model(config.explain.model, config, config.explain.timeout) as llm:
             # Under --ray the selection model and probe live on the workers; this process
@@ -350,9 +381,10 @@ async def score_async(
 ) -> JobSummary:
     """Score every explanation of the selected units with the configured scorer."""
     hooks = hooks or Hooks()
-    sec = config.score
-    check_prices(config, [sec.model])
+    check_prices(config, [config.score.model])
     records = load_units(config) if records is None else records
+    config = routed(config, records)
+    sec = config.score
     scorer_factory(sec.scorer)  # an unknown or unloadable scorer fails before any model opens
     with RunDir(config.run_dir).lock(), ray_connection(config):
         async with driver_model(sec.model, config, sec.timeout) as llm:
@@ -495,6 +527,7 @@ async def run_async(
     with RunDir(config.run_dir).lock(), ray_connection(config):
         record_if_missing(config, hooks)
         records = load_units(config)
+        configs = [routed(c, records) for c in configs]
         explained = await explain_async(config, records, hooks)
         scored = [await score_async(c, records, hooks) for c in configs]
         return [explained, *scored]
@@ -532,6 +565,7 @@ def estimate(
 
     run = RunDir(config.run_dir)
     records = load_units(config)
+    config = routed(config, records)
     retry = config.jobs.retry_failed
     prices = load_prices(config.jobs.prices)
     out: list[StageEstimate] = []
