@@ -72,7 +72,8 @@ def _signature(path: Path) -> tuple:
     """What changes when the run's files do (cheap: a stat per file)."""
     sig = []
     for p in [path / "manifest.json", *sorted((path / "records").glob("*.jsonl"))] + [
-        path / f"{n}.jsonl" for n in ("explanations", "simulations", "scores", "failures")
+        path / f"{n}.jsonl"
+        for n in ("explanations", "simulations", "scores", "failures", "typographic")
     ]:
         try:
             st = p.stat()
