@@ -11,6 +11,13 @@
       openai/provenance.json
                             with `openai_layout`: the run's provenance (OpenAI's documents
                             have no field for it)
+      image_excerpts.jsonl  image runs (vision units): one `PublishedImageExcerpt` per
+                            picture of each unit's top and random samples
+      image_excerpts.parquet
+                            the same rows, for `load_dataset(out, "image_excerpts")`
+      images/thumbs/<sha256>.png
+                            image runs: every such picture's thumbnail (the full pictures
+                            stay in the run directory; `sha256` identifies them)
 
 With `format="neuronpedia"` the folder holds Neuronpedia's import layout instead (see
 `neuroscribe.neuronpedia`).
@@ -58,8 +65,9 @@ from neuroscribe.provenance import (
     run_provenance,
 )
 from neuroscribe.rundir import Run, split_unit_id
-from neuroscribe.schema import Score, SequenceSimulation
+from neuroscribe.schema import ImageRef, Score, SequenceSimulation
 from neuroscribe.scorer import correlation
+from neuroscribe.vision.store import IMAGES_DIR, THUMBS_DIR, ImageStore, png_bytes, thumbnail_of
 
 PublishFormat = Literal["hf", "neuronpedia"]
 FORMATS: tuple[str, ...] = ("hf", "neuronpedia")
@@ -326,6 +334,128 @@ def rows_to_frame(rows: list[PublishedExplanation]) -> pd.DataFrame:
     return rows_to_table(rows).to_pandas()
 
 
+# ---------------------------------------------------------------- image units
+
+
+IMAGE_EXCERPTS = "image_excerpts"  # the file stem and the `datasets` config name
+
+
+class PublishedImageExcerpt(BaseModel):
+    """One picture of an image unit in the published dataset, with the unit's response.
+
+    `excerpt_id` is the run's ("top:3", "random:0"): held-out simulations name the
+    pictures they simulated by it. `thumbnail` is relative to the dataset folder.
+    """
+
+    unit_id: str
+    excerpt_id: str
+    kind: Literal["top", "random"]
+    rank: int  # position in the record's list (top: strongest first)
+    sha256: str  # of the full picture's PNG bytes in the run directory
+    thumbnail: str  # images/thumbs/<sha256>.png
+    width: int  # of the full picture
+    height: int
+    caption: str | None
+    labels: list[str]
+    activation: float  # the unit's pooled activation on the picture
+    pooling: str  # how the activation was pooled over positions: max or mean
+    spatial: list[list[float]] | None  # the unit's map (rows of cells/patches); None: none
+
+
+_IMAGE_TYPES: dict[str, pa.DataType] = {
+    "unit_id": pa.string(),
+    "excerpt_id": pa.string(),
+    "kind": pa.string(),
+    "rank": pa.int64(),
+    "sha256": pa.string(),
+    "thumbnail": pa.string(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "caption": pa.string(),
+    "labels": pa.list_(pa.string()),
+    "activation": pa.float64(),
+    "pooling": pa.string(),
+    "spatial": pa.list_(pa.list_(pa.float64())),
+}
+
+
+def thumbnail_path(sha256: str) -> str:
+    """Where a picture's thumbnail sits in the published folder (and in the run)."""
+    return f"{IMAGES_DIR}/{THUMBS_DIR}/{sha256}.png"
+
+
+def image_excerpt_rows(run: Run) -> tuple[list[PublishedImageExcerpt], dict[str, ImageRef]]:
+    """The pictures of the run's image units, and each distinct picture's reference.
+
+    Empty for text runs. Top and random samples, as the record lists them.
+    """
+    rows: list[PublishedImageExcerpt] = []
+    refs: dict[str, ImageRef] = {}
+    for rec in run.records:
+        if rec.modality != "image":
+            continue
+        pools = (("top", rec.most_positive_activation_records), ("random", rec.random_sample))
+        for kind, pool in pools:
+            for i, r in enumerate(pool):
+                if r.image is None:
+                    continue
+                ref = r.image
+                refs.setdefault(ref.sha256, ref)
+                rows.append(
+                    PublishedImageExcerpt(
+                        unit_id=rec.unit_id,
+                        excerpt_id=f"{kind}:{i}",
+                        kind=kind,  # type: ignore[arg-type]
+                        rank=i,
+                        sha256=ref.sha256,
+                        thumbnail=thumbnail_path(ref.sha256),
+                        width=ref.width,
+                        height=ref.height,
+                        caption=ref.caption,
+                        labels=list(ref.labels),
+                        activation=r.activations[0],
+                        pooling=ref.pooling,
+                        spatial=ref.spatial,
+                    )
+                )
+    return rows, refs
+
+
+def _thumbnail_bytes(run: Run, store: ImageStore, ref: ImageRef) -> bytes:
+    """The picture's thumbnail file, or one made from the picture when it has none."""
+    try:
+        return store.file(ref, thumbnail=True).read_bytes()
+    except DataError:
+        pass
+    try:
+        return png_bytes(thumbnail_of(store.open(ref)))
+    except DataError as e:
+        raise DataError(
+            f"{run.path}: cannot publish picture {ref.sha256[:12]}: {e} (image runs publish "
+            "a thumbnail of every top and random picture; restore the run's images/ folder)"
+        ) from None
+
+
+def _write_images(
+    run: Run, out: Path, rows: list[PublishedImageExcerpt], refs: dict[str, ImageRef]
+) -> list[Path]:
+    files = []
+    jsonl = out / f"{IMAGE_EXCERPTS}.jsonl"
+    append_jsonl(jsonl, rows)
+    parquet = out / f"{IMAGE_EXCERPTS}.parquet"
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=pa.schema(_IMAGE_TYPES))
+    pq.write_table(table, parquet)
+    files += [jsonl, parquet]
+    store = ImageStore(run.path)
+    for sha, ref in refs.items():
+        # sha is 64 hex digits (checked by ImageRef), so the name cannot leave the folder.
+        dest = out / thumbnail_path(sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(_thumbnail_bytes(run, store, ref))
+        files.append(dest)
+    return files
+
+
 # ---------------------------------------------------------------- OpenAI's layout
 
 
@@ -475,8 +605,12 @@ def dataset_card(
     license: str,
     with_records: bool,
     provenance: RunProvenance | None = None,
+    n_images: int = 0,
 ) -> str:
-    """README.md with YAML front matter that `datasets` and the Hub read."""
+    """README.md with YAML front matter that `datasets` and the Hub read.
+
+    `n_images`: the image excerpt rows of an image run (0: a text run, no image section).
+    """
     n_units = len({r.unit_id for r in rows})
     columns = metric_columns(run)
     primary = primary_scorer(run)
@@ -508,6 +642,13 @@ def dataset_card(
             "  data_files:",
             "  - split: train",
             "    path: records.parquet",
+        ]
+    if n_images:
+        configs += [
+            f"- config_name: {IMAGE_EXCERPTS}",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {IMAGE_EXCERPTS}.parquet",
         ]
     front = [
         "---",
@@ -552,6 +693,20 @@ can explain neurons in language models".
 The primary scorer ({primary}) has bare column names; every other scorer's metrics are
 columns named `<scorer>_<metric>`.
 """
+    images = ""
+    if n_images:
+        images = f"""
+## Images
+
+The units are vision units: their excerpts are pictures. `{IMAGE_EXCERPTS}.parquet`
+(config `{IMAGE_EXCERPTS}`) has {n_images} rows, one per picture of each unit's top and
+random samples: `unit_id`, `excerpt_id` (`top:N` / `random:N`, as the held-out
+simulations name them), `sha256` of the full picture, `thumbnail` (a PNG in this folder,
+`images/thumbs/<sha256>.png`), `width` and `height` of the full picture, `caption` and
+`labels` (untrusted text), the unit's pooled `activation` and its `pooling` (max or mean
+over positions), and `spatial`, the unit's map over the picture (rows of cells or
+patches; empty for units without positions). The full pictures are not included.
+"""
     column_rows = "\n".join(f"| {name} | {note} |" for name, note in _column_notes(run, columns))
     manifest = run.manifest.model_dump(mode="json") if run.manifest else {}
     provenance_lines = "\n".join(_provenance_lines(provenance or run_provenance(run)))
@@ -563,7 +718,7 @@ scored by {scored_by or "no scorer yet"} (made with
 [neuroscribe](https://pypi.org/project/neuroscribe/)).
 
 {chr(10).join(stats)}
-{about}
+{about}{images}
 ## Loading
 
 ```python
@@ -711,8 +866,12 @@ def _write_folder(
         )
         files.append(side)
 
+    image_rows, refs = image_excerpt_rows(run)
+    if image_rows:
+        files += _write_images(run, out, image_rows, refs)
+
     card = out / "README.md"
-    text = dataset_card(run, rows, license, with_records, provenance)
+    text = dataset_card(run, rows, license, with_records, provenance, n_images=len(image_rows))
     card.write_text(text, encoding="utf-8")
     files.append(card)
     return files

@@ -74,6 +74,7 @@ COMMAND_MODULES: list[str] = [
     "check",
     "study",
     "leaderboard",
+    "vision",
 ]
 
 

@@ -6,6 +6,11 @@ as \\u003c, \\u003e and \\u0026 (so no `</script>` can close the block), and the
 renders it only through `textContent` and DOM properties, never `innerHTML`. A
 Content-Security-Policy allows exactly this page's script (by hash), so even an injected
 `<img onerror=...>` could not run.
+
+Pictures of image units are `data:image/png` URLs inside that JSON (PNGs the report code
+re-encoded itself, so the file needs nothing beside it); the script sets them only as an
+`<img>`'s `src` property and only when they are PNG data URLs, and the policy allows
+images from `data:` and nowhere else.
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ details.explanation summary{cursor:pointer;font-size:14px}
 .tok{white-space:pre-wrap;border-radius:2px;padding:1px 0}
 .tok:hover{outline:1px solid #333}
 .error{color:#b00020}
+.gallery{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0 10px}
+.img-card{margin:0;width:112px;font-size:11px;color:#445}
+.img-card .thumb{display:block;width:96px;height:96px;object-fit:contain;background:#f0f2f6;
+   border:1px solid #dde1ea;border-radius:4px}
+.thumb.missing{font-size:10px;padding:4px;color:#b00020;overflow:hidden}
+.img-card .caption{display:block;margin:3px 0 2px;overflow-wrap:anywhere;max-height:3.3em;overflow:hidden}
+.img-card .where{color:#889;font-size:10px}
+.val{display:flex;align-items:center;gap:4px;font-variant-numeric:tabular-nums;white-space:nowrap}
+.val .track{flex:1;height:5px;background:#eef0f4;border-radius:3px;overflow:hidden;min-width:16px}
+.val .bar{display:block;height:100%}
+.typographic{background:#f8f9fc;border:1px solid #e3e6ee;border-radius:6px;padding:6px 8px;margin:6px 0}
+.typo-summary{font-size:13px;margin:0 0 4px}
+h3.gallery-title{font-size:14px;margin:12px 0 2px}
+.probes .img-card{width:76px;font-size:10px}
+.probes .img-card .thumb{width:64px;height:64px}
 """
 
 APP_JS = r"""
@@ -197,6 +217,76 @@ APP_JS = r"""
     if (ex.simulated) box.append(tokenRow("simulated", "sim-row", ex.tokens, ex.simulated, u.scale_max, SIM_RGB, " / " + u.scale_max));
     return box;
   }
+  const PNG_URL = "data:image/png;base64,";
+  const PROBE_LABEL = { word: "the word", control: "unrelated word", written: "written on a photo",
+                        photo: "photo alone" };
+  function picture(im, u) {
+    // Only PNG data URLs become pictures; anything else is shown as the reason it is missing.
+    const pics = u.pictures || {};
+    const src = im && im.picture && Object.prototype.hasOwnProperty.call(pics, im.picture) ? pics[im.picture] : null;
+    if (typeof src === "string" && src.startsWith(PNG_URL)) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.src = src;
+      img.alt = im.caption || (im.labels || []).join(", ") || "image " + String(im.sha256).slice(0, 12);
+      img.title = img.alt;
+      img.dataset.sha256 = String(im.sha256);
+      if (im.has_map) img.classList.add("with-map");
+      return img;
+    }
+    return el("div", "thumb missing", im && im.missing ? im.missing : "no picture");
+  }
+  function valueRow(label, kind, v, max, rgb, suffix) {
+    const row = el("div", "val " + kind);
+    row.dataset.value = v === null || v === undefined ? "" : String(v);
+    row.append(el("span", "val-label", label + " " + fmt(v, 2) + suffix));
+    const track = el("span", "track"), bar = el("span", "bar");
+    const a = (v === null || v === undefined || !(max > 0)) ? 0 : Math.max(0, Math.min(1, v / max));
+    bar.style.width = (100 * a).toFixed(1) + "%";
+    bar.style.backgroundColor = "rgb(" + rgb + ")";
+    track.append(bar);
+    row.append(track);
+    return row;
+  }
+  function imageCard(ex, u) {
+    const fig = el("figure", "img-card");
+    fig.dataset.excerptId = ex.excerpt_id;
+    const im = ex.image;
+    fig.append(picture(im, u));
+    const cap = im ? (im.caption || (im.labels || []).join(", ")) : ex.tokens.join(" ");
+    fig.append(el("figcaption", "caption", cap || "(no caption)"));
+    fig.append(valueRow("true", "true-val", ex.true[0], u.true_max, TRUE_RGB, ""));
+    if (ex.simulated) fig.append(valueRow("sim", "sim-val", ex.simulated[0], u.scale_max, SIM_RGB, "/" + u.scale_max));
+    fig.append(el("div", "where", ex.excerpt_id + (ex.role === "record" ? "" : " \u00b7 " + ex.role)));
+    return fig;
+  }
+  function gallery(title, items, u) {
+    const box = el("div", "gallery-block");
+    box.append(el("h3", "gallery-title", title));
+    const g = el("div", "gallery");
+    for (const ex of items) g.append(imageCard(ex, u));
+    box.append(g);
+    return box;
+  }
+  function typographicView(t, u) {
+    const box = el("div", "typographic");
+    box.dataset.subject = t.subject;
+    box.append(el("p", "typo-summary", "Multimodal check: " + t.summary));
+    if (t.text_tower) box.append(el("p", "muted text-tower", t.text_tower));
+    const g = el("div", "gallery probes");
+    for (const p of t.probes) {
+      const fig = el("figure", "img-card probe");
+      fig.dataset.kind = p.kind;
+      fig.append(picture(p.image, u));
+      fig.append(el("figcaption", "caption", (PROBE_LABEL[p.kind] || p.kind) + (p.word ? " \u201c" + p.word + "\u201d" : "")));
+      const v = el("div", "val probe-val", "unit " + fmt(p.activation, 2));
+      v.dataset.value = p.activation === null ? "" : String(p.activation);
+      fig.append(v);
+      g.append(fig);
+    }
+    box.append(g);
+    return box;
+  }
   function scoreLine(sc) {
     // One scorer's metrics, whatever their names: a new scorer needs no edit here.
     const p = el("p", "score-line");
@@ -228,10 +318,12 @@ APP_JS = r"""
     panel.append(el("h2", "unit-title", u.unit_id));
     panel.append(el("p", "muted", "model " + (u.model ?? "?") + " \u00b7 layer " + (u.layer ?? "?") + " \u00b7 index " +
       (u.index ?? "?") + " \u00b7 max activation " + fmt(u.max_activation ?? u.true_max) + " \u00b7 " + u.explanations.length + " explanation(s)"));
+    const images = u.modality === "image";
     const legend = el("div", "legend");
     const lt = el("span", null, "true activation"); lt.style.backgroundColor = "rgba(" + TRUE_RGB + ",0.6)";
     const ls = el("span", null, "simulated (0\u2013" + u.scale_max + ")"); ls.style.backgroundColor = "rgba(" + SIM_RGB + ",0.45)";
-    legend.append(lt, ls, el("span", null, "hover a token for its value"));
+    legend.append(lt, ls, el("span", null, images ? "red\u2192yellow over a picture: where the unit fired"
+                                                     : "hover a token for its value"));
     panel.append(legend);
     u.explanations.forEach((x, i) => {
       const det = el("details", "explanation");
@@ -242,9 +334,15 @@ APP_JS = r"""
       det.append(sum);
       det.append(el("p", "muted", "explained by " + x.explainer + (x.scores.length ? "" : " \u00b7 not scored")));
       for (const sc of x.scores) det.append(scoreLine(sc));
-      for (const ex of x.excerpts) det.append(excerptView(ex, u));
+      if (images) { if (x.excerpts.length) det.append(gallery("Held-out images: true vs simulated", x.excerpts, u)); }
+      else for (const ex of x.excerpts) det.append(excerptView(ex, u));
+      for (const t of (x.typographic || [])) det.append(typographicView(t, u));
       panel.append(det);
     });
+    if (images) {
+      if ((u.top_images || []).length) panel.append(gallery("Top images", u.top_images, u));
+      if ((u.random_images || []).length) panel.append(gallery("Random images (contrast)", u.random_images, u));
+    }
     if (u.record_excerpts.length) {
       panel.append(el("h3", null, "Top-activating excerpts (not simulated)"));
       for (const ex of u.record_excerpts) panel.append(excerptView(ex, u));
@@ -290,11 +388,14 @@ def _script_hash(script: str) -> str:
 
 
 def content_security_policy(server: bool) -> str:
-    """Only this page's own script may run; no network at all from a file."""
+    """Only this page's own script may run; no network at all from a file.
+
+    Pictures may come from `data:` URLs only (the report's own inline PNGs).
+    """
     connect = "'self'" if server else "'none'"
     return (
         f"default-src 'none'; script-src {_script_hash(APP_JS)}; style-src 'unsafe-inline'; "
-        f"connect-src {connect}; img-src 'none'; base-uri 'none'; form-action 'none'"
+        f"connect-src {connect}; img-src data:; base-uri 'none'; form-action 'none'"
     )
 
 
