@@ -242,6 +242,8 @@ def explain_stage(
             "selector": selector if selector is not None else planned_selector(config),
             "probe": probe,
         }
+    if getattr(cls, "needs_run_dir", False):
+        extra["run_dir"] = config.run_dir  # e.g. the image explainer opens the run's pictures
     if llm is None:
         explainer = cls(None, config.explain.settings, spec=config.explain.model, **extra)
     else:
@@ -436,6 +438,10 @@ def parse_scorers(text: str) -> list[tuple[str, str | None]]:
     return out
 
 
+# Scorers that run a local sentence-embedding model whatever the shared model is.
+EMBEDDING_SCORERS = ("embedding", "caption-similarity")
+
+
 def scorer_configs(
     config: RunConfig, scorers: Sequence[tuple[str, str | None]], hooks: Hooks | None = None
 ) -> list[RunConfig]:
@@ -455,11 +461,11 @@ def scorer_configs(
         data = {**config.score.model_dump(), "scorer": name}
         if model is not None:
             data["model"] = model
-        elif name == "embedding" and not backend_info(config.score.model).local:
+        elif name in EMBEDDING_SCORERS and not backend_info(config.score.model).local:
             data["model"] = EMBEDDED_SPEC
             hooks.message(
-                f"embedding scorer: {config.score.model} is an API model; using the offline "
-                "default all-MiniLM-L6-v2 (name another with embedding=hf:MODEL)"
+                f"{name} scorer: {config.score.model} is an API model; using the offline "
+                f"default all-MiniLM-L6-v2 (name another with {name}=hf:MODEL)"
             )
         out.append(config.model_copy(update={"score": ScoreSection.model_validate(data)}))
     return out

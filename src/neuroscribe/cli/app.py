@@ -75,6 +75,7 @@ COMMAND_MODULES: list[str] = [
     "study",
     "leaderboard",
     "vision",
+    "vision_run",
 ]
 
 

@@ -16,6 +16,7 @@ EXPLAINERS: dict[str, Any] = {
     # Baselines without an LLM: the yardstick and the floor of a comparison.
     "token-lookup": "neuroscribe.explainer.baselines:TokenLookupExplainer",
     "random": "neuroscribe.explainer.baselines:RandomExplainer",
+    "image": "neuroscribe.vision.explain:ImageExplainer",  # image units: captions or pixels
 }
 
 

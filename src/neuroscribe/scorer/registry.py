@@ -22,6 +22,10 @@ SCORERS: dict[str, str] = {
     "embedding": "neuroscribe.scorer.embedding:EmbeddingScorer",
     "logit-lens": "neuroscribe.scorer.logit_lens:LogitLensScorer",
     "steering": "neuroscribe.scorer.steering:SteeringScorer",
+    # Image units (neuroscribe.vision): simulate from captions or pixels; CLIP, no LLM.
+    "image-simulation": "neuroscribe.vision.simulate:ImageSimulationScorer",
+    "clip-similarity": "neuroscribe.vision.clip_similarity:ClipSimilarityScorer",
+    "caption-similarity": "neuroscribe.vision.clip_similarity:CaptionSimilarityScorer",
 }
 
 

@@ -1,0 +1,90 @@
+"""The vision job as a user runs it: `neuroscribe vision run` and the facade's routing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from _cli import run_cli
+from neuroscribe import api
+from neuroscribe.config import RunConfig
+from neuroscribe.errors import DataError
+from neuroscribe.rundir import RunDir
+from neuroscribe.schema import ActivationRecord, NeuronRecord
+
+
+def _records(tmp_path: Path) -> tuple[NeuronRecord, NeuronRecord]:
+    ref = RunDir(tmp_path).images.put(Image.new("RGB", (8, 8), (9, 9, 9)), caption="grey")
+    image = NeuronRecord(
+        unit_id="m/head/0",
+        most_positive_activation_records=[
+            ActivationRecord(tokens=[ref.description], activations=[1.0], image=ref)
+        ],
+    )
+    text = NeuronRecord(
+        unit_id="m/3/0",
+        most_positive_activation_records=[ActivationRecord(tokens=["a"], activations=[1.0])],
+    )
+    return image, text
+
+
+def test_image_units_get_the_image_explainer_and_scorer(tmp_path: Path) -> None:
+    image, text = _records(tmp_path)
+    config = RunConfig(run_dir=tmp_path)
+    assert api.routed(config, [text]) is config
+    routed = api.routed(config, [image])
+    assert routed.explain.explainer == "image"
+    assert routed.score.scorer == "image-simulation"
+    assert routed.explain.select.scorer == "image-simulation"
+    # An explicit image scorer (or a baseline explainer) is the user's choice: kept.
+    chosen = RunConfig.model_validate(
+        {
+            "run_dir": tmp_path,
+            "score": {"scorer": "clip-similarity"},
+            "explain": {"explainer": "random"},
+        }
+    )
+    kept = api.routed(chosen, [image])
+    assert (kept.score.scorer, kept.explain.explainer) == ("clip-similarity", "random")
+    with pytest.raises(DataError, match="mix text and image units"):
+        api.routed(config, [image, text])
+
+
+@pytest.mark.slow
+def test_vision_run_records_explains_scores_checks_and_reports(tmp_path: Path) -> None:
+    """The one documented command, offline: embedded vision subject, offline images,
+    embedded LLM explaining from captions and simulating per image, the typographic
+    check, the report. Rerunning it redoes nothing."""
+    run = tmp_path / "vision run"
+    args = ("vision", "run", str(run), "--max-images", "80", "--unit-indices", "131,141")
+    out = run_cli(*args, "--quiet", columns=None).stdout
+    rd = RunDir(run)
+    records = rd.records()
+    assert {r.unit_id for r in records} == {
+        "efficientnet-lite0/block15/131",
+        "efficientnet-lite0/block15/141",
+    }
+    assert all(r.modality == "image" for r in records)
+    explanations = rd.explanations()
+    assert {e.unit_id for e in explanations} <= {r.unit_id for r in records}
+    # By default two scorers: the embedded LLM simulating from captions, and the caption
+    # similarity (no LLM), each one score per explanation.
+    scores = rd.scores()
+    assert sorted(s.scorer for s in scores) == sorted(
+        ["image-simulation", "caption-similarity"] * len(explanations)
+    )
+    # Per-image simulations: one position each, the true value is the picture's.
+    sims = rd.simulations()
+    assert sims and all(len(s.tokens) == 1 and len(s.expected_activations) == 1 for s in sims)
+    checks = [json.loads(line) for line in (run / "typographic.jsonl").read_text().splitlines()]
+    assert {c["unit_id"] for c in checks} == {e.unit_id for e in explanations}
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert "report.html" in out
+
+    before = {p.name: p.stat().st_size for p in run.glob("*.jsonl")}
+    run_cli(*args, "--quiet", columns=None)
+    assert {p.name: p.stat().st_size for p in run.glob("*.jsonl")} == before
