@@ -88,3 +88,26 @@ def test_vision_run_records_explains_scores_checks_and_reports(tmp_path: Path) -
     before = {p.name: p.stat().st_size for p in run.glob("*.jsonl")}
     run_cli(*args, "--quiet", columns=None)
     assert {p.name: p.stat().st_size for p in run.glob("*.jsonl")} == before
+
+
+def test_rescoring_stored_image_simulations_names_the_image_scorer(tmp_path: Path) -> None:
+    """After a crash between writing an image unit's simulations and its score, `score`
+    (no model) scores them as image-simulation; similarity lines are left to their own
+    scorer rather than correlated as simulations."""
+    from _vision_runs import make_image_run
+
+    run = make_image_run(tmp_path / "run", typographic=False)
+    rd = RunDir(run)
+    (run / "scores.jsonl").unlink()
+    sims = rd.simulations()
+    images = [s.model_copy(update={"prompt_version": "simulate-images-captions-v1"}) for s in sims]
+    similar = [
+        s.model_copy(update={"strategy": "caption-similarity", "config_hash": "sim2"}) for s in sims
+    ]
+    (run / "simulations.jsonl").unlink()
+    rd.append("simulations", [*images, *similar])
+    api.rescore(RunConfig(run_dir=run))
+    scores = rd.scores()
+    assert len(scores) == len({s.explanation_id for s in sims})
+    assert {s.scorer for s in scores} == {"image-simulation"}
+    assert {s.config_hash for s in scores} == {"cfg"}

@@ -123,8 +123,11 @@ class ScoreSection(_Section):
     @classmethod
     def _known_prompt(cls, v: str | None) -> str | None:
         from neuroscribe.prompts.simulate import SIMULATION_STYLES
+        from neuroscribe.prompts.simulate_images import IMAGE_SIM_VERSIONS
 
-        return None if v is None else _one_of(v, SIMULATION_STYLES, "simulation prompt")
+        # Text units' styles, or image units' (the image-simulation scorer's own).
+        names = [*SIMULATION_STYLES, *IMAGE_SIM_VERSIONS]
+        return None if v is None else _one_of(v, names, "simulation prompt")
 
 
 class JobSection(_Section):

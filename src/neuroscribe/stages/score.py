@@ -163,6 +163,10 @@ class ScoreStage(StageBase):
         return self.scorer.estimate(self._task(item))
 
 
+SIMILARITY_STRATEGIES = ("clip-similarity", "caption-similarity")
+IMAGE_SIMULATION_PREFIX = "simulate-images"
+
+
 class RescoreStage(StageBase):
     """Correlation scores for simulated explanations that have none yet (pure maths)."""
 
@@ -183,7 +187,9 @@ class RescoreStage(StageBase):
         return self.sim_config_hash or "all"
 
     def plan(self, run: RunDir, *, retry_failed: bool = False) -> Plan:
-        sims = run.simulations()
+        # Similarity scorers' per-image lines are similarities, not simulations: their own
+        # scorer reuses them when it resumes (ScoreTask.stored).
+        sims = [s for s in run.simulations() if s.strategy not in SIMILARITY_STRATEGIES]
         if self.sim_config_hash:
             sims = [s for s in sims if s.config_hash == self.sim_config_hash]
         self._explanations = {e.explanation_id: e for e in run.explanations()}
@@ -218,7 +224,10 @@ class RescoreStage(StageBase):
         score = make_score(
             e,
             outcome,
-            scorer="simulation",
+            # Image units' simulations are the image-simulation scorer's.
+            scorer="image-simulation"
+            if first.prompt_version.startswith(IMAGE_SIMULATION_PREFIX)
+            else "simulation",
             model=first.simulator,
             h=h,
             heldout_hash=fingerprint(
