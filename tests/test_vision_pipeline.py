@@ -111,3 +111,21 @@ def test_rescoring_stored_image_simulations_names_the_image_scorer(tmp_path: Pat
     assert len(scores) == len({s.explanation_id for s in sims})
     assert {s.scorer for s in scores} == {"image-simulation"}
     assert {s.config_hash for s in scores} == {"cfg"}
+
+
+def test_the_report_shows_simulations_before_similarities(tmp_path: Path) -> None:
+    """Two scorers wrote per-image lines for one explanation: the report's true-vs-simulated
+    view shows the simulator's, whichever was written last."""
+    from _vision_runs import make_image_run
+
+    run = make_image_run(tmp_path / "run", typographic=False)
+    rd = RunDir(run)
+    sims = rd.simulations()
+    similar = [
+        s.model_copy(update={"strategy": "caption-similarity", "expected_activations": [0.5]})
+        for s in sims
+    ]
+    rd.append("simulations", similar)
+    shown = rd.load().simulations_by_explanation()
+    assert all(s.strategy != "caption-similarity" for group in shown.values() for s in group)
+    assert sum(len(g) for g in shown.values()) == len(sims)

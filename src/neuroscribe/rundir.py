@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.jsonl import append_jsonl, read_jsonl, read_jsonl_if_exists, write_json_atomic
 from neuroscribe.schema import (
+    SIMILARITY_STRATEGIES,
     Explanation,
     Failure,
     NeuronRecord,
@@ -133,10 +134,19 @@ class Run:
         return list(dict.fromkeys(s.scorer for s in self.scores))
 
     def simulations_by_explanation(self) -> dict[str, list[SequenceSimulation]]:
-        """Simulations grouped by explanation, one per excerpt (the last line wins)."""
+        """Simulations grouped by explanation, one per excerpt (the last line wins, but a
+        similarity scorer's line never hides a simulation of the same excerpt)."""
         seen: dict[tuple[str, str], SequenceSimulation] = {}
         for s in self.simulations:
-            seen[(s.explanation_id, s.excerpt_id)] = s
+            key = (s.explanation_id, s.excerpt_id)
+            old = seen.get(key)
+            if (
+                old is not None
+                and s.strategy in SIMILARITY_STRATEGIES
+                and old.strategy not in SIMILARITY_STRATEGIES
+            ):
+                continue
+            seen[key] = s
         out: dict[str, list[SequenceSimulation]] = defaultdict(list)
         for s in seen.values():
             out[s.explanation_id].append(s)

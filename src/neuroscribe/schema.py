@@ -297,6 +297,11 @@ ExcerptKind = Literal["top", "random"]
 SplitRole = Literal["test", "calibration"]
 
 
+# Strategies of scorers whose per-excerpt lines are similarities (explanation vs caption or
+# picture), not simulated activations: kept in simulations.jsonl for the report and resume.
+SIMILARITY_STRATEGIES = ("clip-similarity", "caption-similarity")
+
+
 class SequenceSimulation(BaseModel):
     """The simulator's predicted activations for one held-out excerpt."""
 

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neuroscribe.errors import DataError, OutputError
-from neuroscribe.schema import Explanation, ItemKey, NeuronRecord, Score, SequenceSimulation
+from neuroscribe.schema import (
+    SIMILARITY_STRATEGIES,
+    Explanation,
+    ItemKey,
+    NeuronRecord,
+    Score,
+    SequenceSimulation,
+)
 from neuroscribe.scorer.base import ScoreOutcome, Scorer, ScoreTask, fingerprint, heldout_hash
 from neuroscribe.scorer.simulation import outcome_from_simulations, simulation_comparable
 from neuroscribe.splits import SplitConfig, Splits, split_record
@@ -163,7 +170,6 @@ class ScoreStage(StageBase):
         return self.scorer.estimate(self._task(item))
 
 
-SIMILARITY_STRATEGIES = ("clip-similarity", "caption-similarity")
 IMAGE_SIMULATION_PREFIX = "simulate-images"
 
 
