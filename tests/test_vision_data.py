@@ -99,3 +99,23 @@ def test_overlay_marks_where_the_unit_fired():
     assert out.getpixel((2, 60)) == (0, 0, 255)  # silent cell: the picture as it was
     r, _g, b = out.getpixel((62, 1))
     assert r > 100 and b < 255  # the hot cell is tinted
+
+
+def test_contrast_excerpts_are_the_weakest_leftovers_and_never_scored(tmp_path):
+    store = RunDir(tmp_path).images
+    refs = [store.put(_picture((i * 9, 50, 0))) for i in range(24)]
+    top = [_excerpt(r, 10.0 + i) for i, r in enumerate(refs[:8])]
+    rnd = [_excerpt(r, float(i % 7)) for i, r in enumerate(refs[8:])]
+    record = NeuronRecord(unit_id="m/x/0", most_positive_activation_records=top, random_sample=rnd)
+    plain = split_record(record, SplitConfig())
+    cfg = SplitConfig(n_contrast=3)
+    with_contrast = split_record(record, cfg)
+    assert plain.contrast == []
+    # Turning contrast on changes no other split, and only then the key space.
+    assert [e.excerpt_id for e in with_contrast.held_out] == [e.excerpt_id for e in plain.held_out]
+    assert "n_contrast" not in SplitConfig().hashed() and cfg.hashed()["n_contrast"] == 3
+    others = {e.excerpt_id for e in [*with_contrast.held_out, *with_contrast.validation]}
+    chosen = with_contrast.contrast
+    assert len(chosen) == 3 and not others & {e.excerpt_id for e in chosen}
+    leftovers = [r.activations[0] for i, r in enumerate(rnd) if f"random:{i}" not in others]
+    assert sorted(e.record.activations[0] for e in chosen) == sorted(leftovers)[:3]

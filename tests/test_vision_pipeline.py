@@ -39,6 +39,7 @@ def test_image_units_get_the_image_explainer_and_scorer(tmp_path: Path) -> None:
     assert routed.explain.explainer == "image"
     assert routed.score.scorer == "image-simulation"
     assert routed.explain.select.scorer == "image-simulation"
+    assert (routed.splits.n_contrast, config.splits.n_contrast) == (3, None)
     # An explicit image scorer (or a baseline explainer) is the user's choice: kept.
     chosen = RunConfig.model_validate(
         {
@@ -60,6 +61,7 @@ def test_vision_run_records_explains_scores_checks_and_reports(tmp_path: Path) -
     check, the report. Rerunning it redoes nothing."""
     run = tmp_path / "vision run"
     args = ("vision", "run", str(run), "--max-images", "80", "--unit-indices", "131,141")
+    args += ("--n-contrast", "2")
     out = run_cli(*args, "--quiet", columns=None).stdout
     rd = RunDir(run)
     records = rd.records()
@@ -70,6 +72,9 @@ def test_vision_run_records_explains_scores_checks_and_reports(tmp_path: Path) -
     assert all(r.modality == "image" for r in records)
     explanations = rd.explanations()
     assert {e.unit_id for e in explanations} <= {r.unit_id for r in records}
+    # The explainer saw low-activating random pictures as contrast: kept with its train
+    # excerpts, so no score is ever computed on them.
+    assert all(any(x.startswith("random:") for x in e.train_excerpts) for e in explanations)
     # By default two scorers: the embedded LLM simulating from captions, and the caption
     # similarity (no LLM), each one score per explanation.
     scores = rd.scores()

@@ -171,6 +171,7 @@ def load_units(config: RunConfig) -> list[NeuronRecord]:
 # What the text pipeline's defaults become for image units (vision runs): the same stages
 # with the explainer and scorers that read pictures (neuroscribe.vision).
 IMAGE_ROUTES = {"token-rows": "image", "simulation": "image-simulation"}
+IMAGE_CONTRAST = 3  # low-activating random pictures shown to an image unit's explainer
 
 
 def modality(records: Sequence[NeuronRecord]) -> str:
@@ -195,7 +196,10 @@ def routed(config: RunConfig, records: Sequence[NeuronRecord]) -> RunConfig:
         update={"explainer": IMAGE_ROUTES.get(ex.explainer, ex.explainer), "select": select}
     )
     sc = sc.model_copy(update={"scorer": IMAGE_ROUTES.get(sc.scorer, sc.scorer)})
-    return config.model_copy(update={"explain": ex, "score": sc})
+    splits = config.splits
+    if splits.n_contrast is None:  # pictures the unit ignores, shown beside its top ones
+        splits = splits.model_copy(update={"n_contrast": IMAGE_CONTRAST})
+    return config.model_copy(update={"explain": ex, "score": sc, "splits": splits})
 
 
 def record_if_missing(config: RunConfig, hooks: Hooks | None = None) -> bool:

@@ -6,6 +6,10 @@ test / calibration. The explainer sees only `train`; scores use only `test` (and
 their calibration on `calibration`). Random excerpts identical to a train excerpt are
 dropped so the scorer never sees text the explainer saw.
 
+`contrast` (`n_contrast`, image units by default) is the weakest random excerpts left
+over after every other split: the explainer sees them as what the unit ignores, so they
+count as train excerpts and are never scored.
+
 `validation` (for explainers that select or revise, e.g. best-of-k) takes the strongest
 top and random excerpts left over once train, test and calibration are full, so turning
 it on changes no other split: scores with and without it are on the same test excerpts.
@@ -31,12 +35,19 @@ class SplitConfig(BaseModel):
     # Only explainers that select among candidates read these (see the module docstring).
     n_validation_top: int = Field(4, ge=0, le=1000)
     n_validation_random: int = Field(4, ge=0, le=1000)
+    # Low-activating random excerpts shown to the explainer as contrast (image units: the
+    # pictures a unit ignores); None: the unit kind's default (0 for text, 3 for images,
+    # set by api.routed). Taken from what no other split uses.
+    n_contrast: int | None = Field(None, ge=0, le=1000)
 
     def hashed(self) -> dict[str, int]:
         """The settings that decide train, test and calibration (the stages' key spaces):
         validation changes none of them, so it is left out (explainers that use it hash
-        it themselves)."""
-        return self.model_dump(exclude={"n_validation_top", "n_validation_random"})
+        it themselves); contrast only when used, so runs without it keep their keys."""
+        out = self.model_dump(exclude={"n_validation_top", "n_validation_random", "n_contrast"})
+        if self.n_contrast:
+            out["n_contrast"] = self.n_contrast
+        return out
 
     @model_validator(mode="after")
     def _something_to_score(self) -> SplitConfig:
@@ -59,6 +70,7 @@ class Splits:
     test: list[Excerpt]
     calibration: list[Excerpt]
     validation: list[Excerpt] = field(default_factory=list)
+    contrast: list[Excerpt] = field(default_factory=list)  # shown to the explainer too
 
     @property
     def held_out(self) -> list[Excerpt]:
@@ -105,7 +117,11 @@ def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Spl
     test_rnd = [rnd[p] for p in rfolds[0]]
     cal_rnd = [rnd[p] for p in rfolds[1]]
     rdealt = {p for fold in rfolds for p in fold}
-    val_rnd = [item for p, item in enumerate(rnd) if p not in rdealt][: cfg.n_validation_random]
+    rest = [item for p, item in enumerate(rnd) if p not in rdealt]
+    val_rnd = rest[: cfg.n_validation_random]
+    # Contrast: the weakest of the random excerpts no other split took (never scored on).
+    contrast = sorted(rest[cfg.n_validation_random :], key=lambda it: (it[1].max_activation, it[0]))
+    contrast = contrast[: cfg.n_contrast or 0]
 
     def ex(items, kind, role):
         return [Excerpt(f"{kind}:{i}", kind, role, r) for i, r in items]
@@ -115,6 +131,7 @@ def split_record(record: NeuronRecord, config: SplitConfig | None = None) -> Spl
         test=ex(test_top, "top", "test") + ex(test_rnd, "random", "test"),
         calibration=ex(cal_top, "top", "calibration") + ex(cal_rnd, "random", "calibration"),
         validation=ex(val_top, "top", "validation") + ex(val_rnd, "random", "validation"),
+        contrast=ex(contrast, "random", "contrast"),
     )
     if not splits.test:
         raise DataError(

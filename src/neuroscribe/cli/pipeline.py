@@ -154,6 +154,16 @@ NTestRandomOpt = Annotated[
         "--n-test-random", min=0, max=1000, help="Held-out random excerpts scored (0–1000)."
     ),
 ]
+NContrastOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-contrast",
+        min=0,
+        max=1000,
+        help="Low-activating random excerpts shown to the explainer as contrast (image "
+        "units; default 3 for images, 0 for text); never scored.",
+    ),
+]
 NExplOpt = Annotated[
     int,
     typer.Option("--n-explanations", min=1, max=100, help="Explanations sampled per unit (1–100)."),
@@ -277,6 +287,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "n_train": (NTrainOpt, 5),
     "n_test_top": (NTestTopOpt, 5),
     "n_test_random": (NTestRandomOpt, 5),
+    "n_contrast": (NContrastOpt, None),
     "concurrency": (ConcurrencyOpt, 8),
     "timeout": (TimeoutOpt, 120.0),
     "retry_failed": (RetryOpt, False),
@@ -297,6 +308,7 @@ EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", 
 EXPLAIN += ("max_tokens", "k", "select_scorer", "rounds")
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
+COMMON += ("n_contrast",)
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
 JOB += ("no_cache", "prices")
 RECORD = ("record_layers", "record_units", "record_tokens")
@@ -359,6 +371,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "n_train": ("splits", "n_train"),
     "n_test_top": ("splits", "n_test_top"),
     "n_test_random": ("splits", "n_test_random"),
+    "n_contrast": ("splits", "n_contrast"),
     "base_url": ("endpoint", "base_url"),
     "api_key": ("endpoint", "api_key"),
     "max_units": ("units", "max_units"),

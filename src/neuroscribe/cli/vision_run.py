@@ -84,7 +84,19 @@ def _record_config(subject: str, images: str, layer: str | None, units: str | No
 # simulation; on the emoji ground truth it ranks the true explanation first 4 of 11 times,
 # chance 25%), and caption-similarity (MiniLM, no LLM: 9 of 11, margin +0.09 [+0.03,
 # +0.16]), so the offline report carries a score that discriminates.
-@takes(*EXPLAIN, *SCORE, *COMMON, *JOB, scorer="simulation,caption-similarity", temperature=0.0)
+# No contrast pictures by default here: shown its units' weakest pictures, the embedded
+# 135M explainer described those instead ("the woman genie" for a flag unit; mean
+# caption-similarity over the 8 default units +0.03 with 3 contrast pictures, +0.33
+# without). `neuroscribe run` on image units shows 3 (strong explainers use them).
+@takes(
+    *EXPLAIN,
+    *SCORE,
+    *COMMON,
+    *JOB,
+    scorer="simulation,caption-similarity",
+    temperature=0.0,
+    n_contrast=0,
+)
 def run_cmd(
     run: RunArg = DEFAULT_RUN,
     subject: SubjectOpt = "efficientnet-lite0",

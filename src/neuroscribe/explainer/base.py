@@ -27,6 +27,9 @@ class ExplainTask:
     # Excerpts for choosing among candidates: disjoint from train and from every
     # excerpt a score is computed on (splits.py). Never shown to the explainer.
     validation: list[Excerpt] = field(default_factory=list)
+    # Low-activating excerpts the explainer may show as contrast (splits.contrast): seen
+    # by the explainer, so recorded with the train excerpts; never scored.
+    contrast: list[Excerpt] = field(default_factory=list)
 
 
 @dataclass

@@ -95,7 +95,9 @@ class ExplainStage(StageBase):
     def _task(self, item: WorkItem) -> ExplainTask:
         rec = self.records[item.unit_id]
         splits = split_record(rec, self.splits)
-        return ExplainTask(rec, splits.train, list(item.samples), splits.validation)
+        return ExplainTask(
+            rec, splits.train, list(item.samples), splits.validation, splits.contrast
+        )
 
     async def do(self, item: WorkItem) -> WorkResult:
         task = self._task(item)
@@ -104,7 +106,7 @@ class ExplainStage(StageBase):
         out = await self.explainer.explain(task)
         latency = time.perf_counter() - t0
         have = self._done.get(item.unit_id, set())
-        train_ids = [e.excerpt_id for e in task.train]
+        train_ids = [e.excerpt_id for e in (*task.train, *task.contrast)]
         texts = [(s, t, r) for s, t, r in out.texts if s not in have]
         explanations = [
             # The call's usage is booked once, on the first explanation it produced.
