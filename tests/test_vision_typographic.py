@@ -287,3 +287,12 @@ def test_words_render_large_without_a_scalable_font(monkeypatch):
     ink = np.asarray(render_word("spider").convert("L")) < 128
     cols = np.nonzero(ink)[1]
     assert cols.max() - cols.min() > 224 * 0.5 and ink.mean() > 0.01
+
+
+def test_the_summary_says_whether_the_word_beats_the_control_words() -> None:
+    from neuroscribe.vision.typographic import verdict
+
+    assert verdict(2.0, {"table": 1.0, "seven": 1.5}) == " — above all 2 unrelated words"
+    said = verdict(1.2, {"table": 1.0, "seven": 1.5, "river": 1.2})
+    assert "2 of 3 respond as much" in said and "no sign the unit reads the word" in said
+    assert verdict(1.0, {}) == ""

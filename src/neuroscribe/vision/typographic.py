@@ -310,7 +310,22 @@ def summarise(r: TypographicResult) -> str:
             f"; text tower: dimension {r.unit_index} of the text embedding of "
             f'"{r.text_tower.word}" is {r.text_tower.z:+.1f} SD from unrelated words'
         )
-    return head
+    return head + verdict(r.word_response, r.control_responses)
+
+
+def verdict(word_response: float, control_responses: dict[str, float]) -> str:
+    """Whether the written word stands out from the control words at all: a ratio means
+    little when any written word moves the unit as much (a CNN reading ink, not words)."""
+    if not control_responses:
+        return ""
+    n = len(control_responses)
+    as_much = sum(v >= word_response for v in control_responses.values())
+    if as_much == 0:
+        return f" — above all {n} unrelated words"
+    return (
+        f" — no more than unrelated words ({as_much} of {n} respond as much): "
+        "no sign the unit reads the word"
+    )
 
 
 def headline(
