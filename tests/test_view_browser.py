@@ -6,25 +6,16 @@ test-artifacts/view-report.png.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from _browser import chromium
 from _reportruns import HOSTILE, add_scorer, detection_metrics, make_run
 from neuroscribe.rundir import load_run
 from neuroscribe.view import make_server, write_report
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 HOSTILE_UNIT = "tiny/gpt/1/7"
 
@@ -33,20 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: run scripts/setup_browser.sh")
-        pytest.skip(f"{CHROMIUM} missing: run scripts/setup_browser.sh")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("playwright missing: run scripts/setup_browser.sh")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from _browser import chromium
 from _vision_runs import HELD_OUT, HOSTILE_CAPTION, make_image_run, simulated
 from neuroscribe.rundir import load_run
 from neuroscribe.view import make_server, write_report
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 UNIT = "ink-subject/ink/0"
 
 pytestmark = pytest.mark.slow
@@ -32,20 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: run scripts/setup_browser.sh")
-        pytest.skip(f"{CHROMIUM} missing: run scripts/setup_browser.sh")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("playwright missing: run scripts/setup_browser.sh")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")
