@@ -11,7 +11,7 @@ check says how often the true explanation comes first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from neuroscribe.groundtruth.check import CandidateResult, CheckSummary, UnitCheck, summarize
@@ -49,18 +49,45 @@ def suite_task_parts(unit: GroundTruthUnit) -> tuple[NeuronRecord, Splits]:
     return record, Splits(train=train, test=test, calibration=[])
 
 
+async def score_candidates(
+    scorer: Any,
+    candidates: Sequence[tuple[str, str]],
+    oracle: dict[str, float | None],
+    task_of: Callable[[int, str], ScoreTask],
+) -> tuple[list[CandidateResult], Usage]:
+    """Score each (kind, text) candidate; a candidate the scorer fails on keeps its error
+    (never a score of zero). `oracle`: a false candidate's best possible score."""
+    from neuroscribe.errors import NeuroscribeError
+
+    results, usage = [], Usage()
+    for i, (kind, text) in enumerate(candidates):
+        try:
+            out = await scorer.score(task_of(i, text))
+        except NeuroscribeError as e:
+            results.append(CandidateResult(kind=kind, text=text, score=None, error=str(e)[:300]))
+            continue
+        usage = usage.add(out.usage)
+        results.append(
+            CandidateResult(
+                kind=kind,
+                text=text,
+                score=out.metrics.get(out.primary_metric),
+                oracle_score=1.0 if kind == "true" else oracle.get(text),
+            )
+        )
+    return results, usage
+
+
 async def check_scorer_units(
     units: Sequence[GroundTruthUnit], scorer: Any
 ) -> tuple[CheckSummary, list[UnitCheck]]:
     """Score every candidate of every unit with `scorer`; rank by its headline metric."""
-    from neuroscribe.errors import NeuroscribeError
-
     checked = []
     for unit in units:
         record, splits = suite_task_parts(unit)
-        results, usage = [], Usage()
         oracle = {f.text: f.oracle_score for f in unit.false_explanations}
-        for i, (kind, text) in enumerate(unit.candidates()):
+
+        def task_of(i: int, text: str, record=record, splits=splits, unit=unit) -> ScoreTask:
             explanation = Explanation(
                 explanation_id=f"{unit.id}:{i}",
                 unit_id=record.unit_id,
@@ -71,23 +98,9 @@ async def check_scorer_units(
                 config_hash="groundtruth",
                 train_excerpts=[x.excerpt_id for x in splits.train],
             )
-            task = ScoreTask(explanation, record, splits, "groundtruth")
-            try:
-                out = await scorer.score(task)
-            except NeuroscribeError as e:
-                results.append(
-                    CandidateResult(kind=kind, text=text, score=None, error=str(e)[:300])
-                )
-                continue
-            usage = usage.add(out.usage)
-            results.append(
-                CandidateResult(
-                    kind=kind,
-                    text=text,
-                    score=out.metrics.get(out.primary_metric),
-                    oracle_score=1.0 if kind == "true" else oracle.get(text),
-                )
-            )
+            return ScoreTask(explanation, record, splits, "groundtruth")
+
+        results, usage = await score_candidates(scorer, unit.candidates(), oracle, task_of)
         checked.append(
             UnitCheck(
                 unit_id=unit.id,

@@ -35,9 +35,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from neuroscribe.errors import DataError
-from neuroscribe.groundtruth.check import CandidateResult, CheckSummary, UnitCheck, summarize
+from neuroscribe.groundtruth.check import CheckSummary, UnitCheck, summarize
 from neuroscribe.groundtruth.suite import FalseExplanation
-from neuroscribe.schema import ActivationRecord, Explanation, NeuronRecord, Usage
+from neuroscribe.schema import ActivationRecord, Explanation, NeuronRecord
 from neuroscribe.scorer.maths import correlation
 from neuroscribe.splits import SplitConfig, Splits, split_record
 
@@ -466,31 +466,21 @@ async def check_image_scorer(
     ranks them) on the unit's held-out images, as a run would split them."""
     import time
 
-    from neuroscribe.errors import NeuroscribeError
+    from neuroscribe.groundtruth.scorers import score_candidates
 
     checked = []
     for unit, record in suite:
         splits = split_record(record, GT_SPLITS)
         oracle = {f.text: f.oracle_score for f in unit.false_explanations}
-        results, usage = [], Usage()
         start = time.perf_counter()
-        for k, (kind, text) in enumerate(unit.candidates()):
-            try:
-                out = await scorer.score(candidate_task(unit, record, splits, k, text))
-            except NeuroscribeError as e:
-                results.append(
-                    CandidateResult(kind=kind, text=text, score=None, error=str(e)[:300])
-                )
-                continue
-            usage = usage.add(out.usage)
-            results.append(
-                CandidateResult(
-                    kind=kind,
-                    text=text,
-                    score=out.metrics.get(out.primary_metric),
-                    oracle_score=1.0 if kind == "true" else oracle.get(text),
-                )
-            )
+        results, usage = await score_candidates(
+            scorer,
+            unit.candidates(),
+            oracle,
+            lambda k, text, unit=unit, record=record, splits=splits: candidate_task(
+                unit, record, splits, k, text
+            ),
+        )
         check = UnitCheck(
             unit_id=unit.rule_id,
             category=unit.category,
