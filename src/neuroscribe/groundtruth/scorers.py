@@ -49,6 +49,21 @@ def suite_task_parts(unit: GroundTruthUnit) -> tuple[NeuronRecord, Splits]:
     return record, Splits(train=train, test=test, calibration=[])
 
 
+def candidate_task(unit: str, record: NeuronRecord, splits: Splits, i: int, text: str) -> ScoreTask:
+    """Candidate `i` of a ground-truth unit as a scoring task (as if explained from train)."""
+    explanation = Explanation(
+        explanation_id=f"{unit}:{i}",
+        unit_id=record.unit_id,
+        sample_index=i,
+        text=text,
+        explainer="groundtruth",
+        prompt_version="groundtruth",
+        config_hash="groundtruth",
+        train_excerpts=[x.excerpt_id for x in splits.train],
+    )
+    return ScoreTask(explanation, record, splits, "groundtruth")
+
+
 async def score_candidates(
     scorer: Any,
     candidates: Sequence[tuple[str, str]],
@@ -88,17 +103,7 @@ async def check_scorer_units(
         oracle = {f.text: f.oracle_score for f in unit.false_explanations}
 
         def task_of(i: int, text: str, record=record, splits=splits, unit=unit) -> ScoreTask:
-            explanation = Explanation(
-                explanation_id=f"{unit.id}:{i}",
-                unit_id=record.unit_id,
-                sample_index=i,
-                text=text,
-                explainer="groundtruth",
-                prompt_version="groundtruth",
-                config_hash="groundtruth",
-                train_excerpts=[x.excerpt_id for x in splits.train],
-            )
-            return ScoreTask(explanation, record, splits, "groundtruth")
+            return candidate_task(unit.id, record, splits, i, text)
 
         results, usage = await score_candidates(scorer, unit.candidates(), oracle, task_of)
         checked.append(

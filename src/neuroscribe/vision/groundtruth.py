@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from neuroscribe.errors import DataError
 from neuroscribe.groundtruth.check import CheckSummary, UnitCheck, summarize
 from neuroscribe.groundtruth.suite import FalseExplanation
-from neuroscribe.schema import ActivationRecord, Explanation, NeuronRecord
+from neuroscribe.schema import ActivationRecord, NeuronRecord
 from neuroscribe.scorer.maths import correlation
 from neuroscribe.splits import SplitConfig, Splits, split_record
 
@@ -442,19 +442,9 @@ def load_image_suite(
 def candidate_task(
     unit: ImageGroundTruthUnit, record: NeuronRecord, splits: Splits, k: int, text: str
 ) -> Any:
-    from neuroscribe.scorer.base import ScoreTask
+    from neuroscribe.groundtruth.scorers import candidate_task as task
 
-    explanation = Explanation(
-        explanation_id=f"{unit.rule_id}:{k}",
-        unit_id=record.unit_id,
-        sample_index=k,
-        text=text,
-        explainer="groundtruth",
-        prompt_version="groundtruth",
-        config_hash="groundtruth",
-        train_excerpts=[x.excerpt_id for x in splits.train],
-    )
-    return ScoreTask(explanation, record, splits, "groundtruth")
+    return task(unit.rule_id, record, splits, k, text)
 
 
 async def check_image_scorer(
