@@ -570,3 +570,41 @@ def test_cli_vision_record(tmp_path: Path) -> None:
     assert "already recorded with these options" in again.stdout
     bad = run_cli("vision", "record", "--out", str(out), "--layer", "nope", check=False)
     assert bad.returncode == 1 and "has no layer 'nope'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_clip_subject_labels_uncaptioned_pictures_zero_shot(tmp_path: Path) -> None:
+    """Pictures with no caption or label get the subject's own CLIP zero-shot labels (the
+    k nearest concepts of the shipped vocabulary), so the text-only route has something
+    to read; `none` leaves them bare; a picture's own labels are never replaced."""
+    from _vision_runs import tiny_clip_folder
+    from neuroscribe.vision.clip import concept_vocabulary
+
+    clip = tiny_clip_folder(tmp_path / "clip")
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40, 40), (40 * i, 255 - 40 * i, 90)).save(pictures / f"p{i}.png")
+    cfg = VisionRecordConfig(
+        subject=f"hf:{clip}",
+        images=str(pictures),
+        layers=["embeds"],
+        units="0-1",
+        n_top=3,
+        n_random=2,
+        pool_size=6,
+        max_images=None,
+    )
+    record_images(cfg, tmp_path / "run")
+    vocabulary = set(concept_vocabulary())
+    refs = [
+        x.image
+        for r in RunDir(tmp_path / "run").records()
+        for x in (*r.most_positive_activation_records, *r.random_sample)
+    ]
+    assert refs and all(len(ref.labels) == 3 and set(ref.labels) <= vocabulary for ref in refs)
+    assert all(ref.description == ", ".join(ref.labels) for ref in refs)
+
+    record_images(cfg.model_copy(update={"zero_shot": "none"}), tmp_path / "bare")
+    bare = RunDir(tmp_path / "bare").records()[0].most_positive_activation_records[0].image
+    assert bare.labels == [] and bare.description.startswith("image ")

@@ -115,6 +115,15 @@ def record_cmd(
     sae_k: Annotated[
         int | None, typer.Option("--sae-k", min=1, help="TopK for a bare SAE file.")
     ] = None,
+    zero_shot: Annotated[
+        str,
+        typer.Option(
+            "--zero-shot",
+            help="Labels for pictures with no caption or label: auto (the subject's own CLIP "
+            "zero-shot labels over a concept vocabulary, when it is an image-text model), "
+            "none, or an image-text model to label with (hf:openai/clip-vit-base-patch32).",
+        ),
+    ] = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = "cpu",
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an interrupted recording's checkpoint.")
@@ -171,6 +180,7 @@ def record_cmd(
         label_columns=[c.strip() for c in label_columns.split(",")] if label_columns else None,
         sae=str(sae) if sae else None,
         sae_k=sae_k,
+        zero_shot=zero_shot,
         device=device,
     )
     if summary.skipped:

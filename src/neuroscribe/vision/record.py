@@ -97,6 +97,11 @@ class VisionRecordConfig(BaseModel):
     per_quantile: int = Field(4, ge=1)
     pool_size: int = Field(200, ge=1)
     pooling: Literal["max", "mean"] = "max"
+    # Labels for kept pictures with neither caption nor labels (what the text-only route
+    # reads): "auto" = the subject's own CLIP zero-shot labels when it is an image-text
+    # model, "none", or an image-text model spec (hf:...) to label with.
+    zero_shot: str = "auto"
+    zero_shot_k: int = Field(3, ge=1, le=20)
     batch_size: int = Field(32, ge=1)
     max_images: int | None = Field(DEFAULT_MAX_IMAGES, ge=1)  # None: every picture
     seed: int = 0
@@ -695,6 +700,7 @@ def _store_images(
     """Open the kept pictures again and store each as the subject saw it."""
     store = RunDir(out).images
     refs: dict[int, ImageRef] = {}
+    views: dict[int, tuple[Any, Any]] = {}
     items = source.pick(keep)
     for index in sorted(keep):
         item = items.get(index)
@@ -706,13 +712,53 @@ def _store_images(
             # It was readable while streaming; it changed since. Leave it out, loudly.
             log.warning("image %s could not be stored (%s): left out of the records", index, exc)
             continue
+        views[index] = (item, view)
+    labels = _zero_shot_labels(cfg, subject, views)
+    for index, (item, view) in views.items():
         refs[index] = store.put(
             view,
             source=item.key,
             caption=item.caption,
-            labels=list(item.labels),
+            labels=list(item.labels) or labels.get(index, []),
         )
     return refs
+
+
+def zero_shot_labeler(cfg: VisionRecordConfig, subject: VisionSubject) -> str | None:
+    """The image-text model that labels uncaptioned pictures, or None."""
+    if cfg.zero_shot == "none":
+        return None
+    if cfg.zero_shot != "auto":
+        return cfg.zero_shot
+    model = getattr(subject, "model", None)
+    source = getattr(subject, "source", None)
+    if source is not None and hasattr(model, "get_text_features"):
+        return f"hf:{source}"
+    return None
+
+
+def _zero_shot_labels(
+    cfg: VisionRecordConfig, subject: VisionSubject, views: dict[int, tuple[Any, Any]]
+) -> dict[int, list[str]]:
+    """CLIP-Dissect-style labels (the k nearest concepts of the shipped vocabulary) for the
+    kept pictures the source says nothing about."""
+    bare = [i for i, (item, _) in views.items() if not item.caption and not item.labels]
+    spec = zero_shot_labeler(cfg, subject) if bare else None
+    if spec is None:
+        return {}
+    from neuroscribe.vision.clip import load_clip
+
+    try:
+        clip = load_clip(spec, device=cfg.device)
+        found = clip.zero_shot_labels([views[i][1] for i in bare], k=cfg.zero_shot_k)
+    except NeuroscribeError as exc:
+        if cfg.zero_shot != "auto":
+            raise
+        # The subject's own text tower was a guess (e.g. a folder without a tokenizer):
+        # the pictures keep no labels, and the log says why.
+        log.warning("no zero-shot labels from %s: %s", spec, exc)
+        return {}
+    return dict(zip(bare, found, strict=True))
 
 
 def _shrink(image: Any, side: int) -> Any:
