@@ -134,3 +134,23 @@ def test_the_report_shows_simulations_before_similarities(tmp_path: Path) -> Non
     shown = rd.load().simulations_by_explanation()
     assert all(s.strategy != "caption-similarity" for group in shown.values() for s in group)
     assert sum(len(g) for g in shown.values()) == len(sims)
+
+
+@pytest.mark.slow  # planning the simulator loads the embedded tokenizer (~3 s)
+def test_image_route_reaches_the_explainer_and_the_simulator(tmp_path: Path) -> None:
+    """`--image-route pixels` makes both stages send pictures (API endpoints do not declare
+    image input, so auto would fall back to captions there)."""
+    image, _ = _records(tmp_path)
+    config = RunConfig.model_validate(
+        {
+            "run_dir": tmp_path,
+            "explain": {"image_route": "pixels"},
+            "score": {"image_route": "pixels"},
+        }
+    )
+    config = api.routed(config, [image])
+    assert api.explain_stage(config, [image], None).explainer.route == "pixels"
+    scorer, _ = api.planned_scorer(config)
+    assert scorer.route == "pixels"
+    text = api.routed(RunConfig(run_dir=tmp_path), [image])
+    assert api.explain_stage(text, [image], None).explainer.route == "auto"

@@ -248,6 +248,8 @@ def explain_stage(
         }
     if getattr(cls, "needs_run_dir", False):
         extra["run_dir"] = config.run_dir  # e.g. the image explainer opens the run's pictures
+    if getattr(cls, "image_routes", False):
+        extra["route"] = config.explain.image_route
     if llm is None:
         explainer = cls(None, config.explain.settings, spec=config.explain.model, **extra)
     else:
@@ -267,6 +269,7 @@ def _selection_options(config: RunConfig) -> dict[str, Any]:
         "strategy": sec.strategy,
         "n_examples": sec.n_examples,
         "prompt_version": sec.prompt,
+        "route": sec.image_route,  # image units' scorers; the others ignore it
     }
 
 
@@ -379,6 +382,7 @@ async def build_scorer(llm: Any, config: RunConfig) -> Any:
         n_examples=sec.n_examples,
         prompt_version=sec.prompt,
         run_dir=config.run_dir,  # where output-side scorers find the subject model
+        route=sec.image_route,
     )
 
 

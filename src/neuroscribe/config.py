@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -58,6 +59,9 @@ class ExplainSection(_Section):
     # best-of-k and revision: candidates, the scorer that chooses on validation, rounds.
     select: SelectConfig = SelectConfig()
     timeout: float = Field(60.0, gt=0)
+    # Image units: captions (text-only), pixels (image parts), auto (pixels when the
+    # model declares image input). The image explainer hashes it; text ignores it.
+    image_route: Literal["auto", "captions", "pixels"] = "auto"
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
 
@@ -102,6 +106,7 @@ class ScoreSection(_Section):
     # Few-shot neurons in the simulation prompt; None: the prompt version's own number.
     n_examples: int | None = Field(None, ge=0, le=10)
     timeout: float = Field(120.0, gt=0)
+    image_route: Literal["auto", "captions", "pixels"] = "auto"  # as ExplainSection's
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
 

@@ -164,6 +164,16 @@ NContrastOpt = Annotated[
         "units; default 3 for images, 0 for text); never scored.",
     ),
 ]
+ImageRouteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-route",
+        help="Image units: how the explainer and the simulator see a picture: captions "
+        "(its caption or labels, any text LLM), pixels (image parts, a vision-language "
+        "model), auto (pixels when the model declares image input; API endpoints do not, "
+        "so name pixels for a VLM behind an OpenAI-compatible API).",
+    ),
+]
 NExplOpt = Annotated[
     int,
     typer.Option("--n-explanations", min=1, max=100, help="Explanations sampled per unit (1–100)."),
@@ -288,6 +298,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "n_test_top": (NTestTopOpt, 5),
     "n_test_random": (NTestRandomOpt, 5),
     "n_contrast": (NContrastOpt, None),
+    "image_route": (ImageRouteOpt, None),
     "concurrency": (ConcurrencyOpt, 8),
     "timeout": (TimeoutOpt, 120.0),
     "retry_failed": (RetryOpt, False),
@@ -308,7 +319,7 @@ EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", 
 EXPLAIN += ("max_tokens", "k", "select_scorer", "rounds")
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
-COMMON += ("n_contrast",)
+COMMON += ("n_contrast", "image_route")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
 JOB += ("no_cache", "prices")
 RECORD = ("record_layers", "record_units", "record_tokens")
@@ -412,6 +423,9 @@ def _config(flags: dict[str, Any]) -> RunConfig:
     jobs = data.setdefault("jobs", {})
     jobs["cache"] = not flags.get("no_cache", False)
     jobs["show_progress"] = not flags.get("quiet", False)
+    if flags.get("image_route") is not None:  # one flag for both stages
+        data.setdefault("explain", {})["image_route"] = flags["image_route"]
+        data.setdefault("score", {})["image_route"] = flags["image_route"]
     if "timeout" in flags:
         data.setdefault("explain", {})["timeout"] = flags["timeout"]
         data.setdefault("score", {})["timeout"] = flags["timeout"]
@@ -422,6 +436,7 @@ def _config(flags: dict[str, Any]) -> RunConfig:
 _FLAG_NAMES = {".".join(path): "--" + name.replace("_", "-") for name, path in _FLAGS.items()}
 _FLAG_NAMES |= {"units.patterns": "--units", "explain.timeout": "--timeout"}
 _FLAG_NAMES |= {"score.timeout": "--timeout", "explain.settings": "explain settings"}
+_FLAG_NAMES |= {"explain.image_route": "--image-route", "score.image_route": "--image-route"}
 
 
 # Flags that explain the headline number itself (see scorer.maths.correlation).

@@ -147,6 +147,7 @@ class ImageExplainer:
     # The explain stage passes `run_dir` to explainers that set this (the pixels route
     # opens the unit's pictures from the run directory).
     needs_run_dir = True
+    image_routes = True  # the explain stage passes `route` (explain.image_route)
 
     def __init__(
         self,
