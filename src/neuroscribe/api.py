@@ -269,8 +269,12 @@ def _selection_options(config: RunConfig) -> dict[str, Any]:
         "strategy": sec.strategy,
         "n_examples": sec.n_examples,
         "prompt_version": sec.prompt,
-        "route": sec.image_route,  # image units' scorers; the others ignore it
     }
+
+
+def _route(factory: Any, config: RunConfig) -> dict[str, Any]:
+    """`route` for the scorers that see pictures one way or another (image units)."""
+    return {"route": config.score.image_route} if getattr(factory, "image_routes", False) else {}
 
 
 def planned_selector(config: RunConfig) -> Any:
@@ -299,8 +303,9 @@ async def explainer_parts(config: RunConfig, llm: Any) -> AsyncIterator[dict[str
             sel_llm = await stack.enter_async_context(
                 open_model(spec, config, config.score.timeout)
             )
-        scorer = await scorer_factory(config.explain.select.scorer).build(
-            sel_llm, run_dir=config.run_dir, **_selection_options(config)
+        factory = scorer_factory(config.explain.select.scorer)
+        scorer = await factory.build(
+            sel_llm, run_dir=config.run_dir, **_selection_options(config), **_route(factory, config)
         )
         probe = None
         if getattr(cls, "probes_subject", False):
@@ -376,13 +381,14 @@ async def explain_async(
 async def build_scorer(llm: Any, config: RunConfig) -> Any:
     """The score section's scorer on `llm` (an open model), as every caller builds it."""
     sec = config.score
-    return await scorer_factory(sec.scorer).build(
+    factory = scorer_factory(sec.scorer)
+    return await factory.build(
         llm,
         strategy=sec.strategy,
         n_examples=sec.n_examples,
         prompt_version=sec.prompt,
         run_dir=config.run_dir,  # where output-side scorers find the subject model
-        route=sec.image_route,
+        **_route(factory, config),
     )
 
 
@@ -417,7 +423,10 @@ def _planned(config: RunConfig, name: str, spec: str) -> tuple[Any, str]:
     """Scorer `name` on `spec` as planned, with the probe the run's manifest kept for it."""
     manifest = RunDir(config.run_dir).manifest()
     probe = manifest.probes.get(spec) if manifest else None
-    return scorer_factory(name).planned(spec, probe=probe, **_selection_options(config))
+    factory = scorer_factory(name)
+    return factory.planned(
+        spec, probe=probe, **_selection_options(config), **_route(factory, config)
+    )
 
 
 def parse_scorers(text: str) -> list[tuple[str, str | None]]:

@@ -454,6 +454,7 @@ class ImageSimulationScorer(ScorerParts):
     stage = "simulate-images"
     primary_metric = "score"
     OPTIONS: ClassVar[tuple[str, ...]] = ("route", "batch_size", "max_side")
+    image_routes: ClassVar[bool] = True  # the facade passes score.image_route as `route`
 
     def __init__(
         self,
