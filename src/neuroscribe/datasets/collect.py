@@ -89,6 +89,16 @@ def merge_moments(
     return mean_a + dn * nb, m2, m3, m4
 
 
+def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mean, M2, M3, M4) of a batch of values x [N, U] per column, in float64: the
+    `b` argument of `merge_moments`."""
+    x = x.double()
+    mean = x.mean(dim=0)
+    d = x - mean
+    d2 = d * d
+    return mean, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0)
+
+
 def merge_top(
     vals: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -309,14 +319,9 @@ class Collector:
             return
         g.nonzero += (x != 0).sum(dim=0)
         g.vmax = torch.maximum(g.vmax, x.amax(dim=0))
-        x = x.double()
-        mean_b = x.mean(dim=0)
-        d = x - mean_b
-        d2 = d * d
-        batch = (mean_b, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0))
         # Every group sees the same positions; n_tokens moves on after all groups.
         g.mean, g.m2, g.m3, g.m4 = merge_moments(
-            self.n_tokens, (g.mean, g.m2, g.m3, g.m4), nb, batch
+            self.n_tokens, (g.mean, g.m2, g.m3, g.m4), nb, batch_moments(x)
         )
 
     def _prune_tokens(self) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from neuroscribe.datasets.collect import excerpt_priority, merge_moments
+from neuroscribe.datasets.collect import batch_moments, excerpt_priority, merge_moments
 from neuroscribe.datasets.units import parse_index_spec
 from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
 from neuroscribe.rundir import RunDir
@@ -279,13 +279,8 @@ class VisionCollector:
     def _merge_moments(self, st: LayerState, x: torch.Tensor) -> None:
         st.nonzero += (x != 0).sum(dim=0)
         st.vmax = torch.maximum(st.vmax, x.amax(dim=0))
-        x = x.double()
-        mean_b = x.mean(dim=0)
-        d = x - mean_b
-        d2 = d * d
-        batch = (mean_b, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0))
         st.mean, st.m2, st.m3, st.m4 = merge_moments(
-            self.n, (st.mean, st.m2, st.m3, st.m4), x.shape[0], batch
+            self.n, (st.mean, st.m2, st.m3, st.m4), x.shape[0], batch_moments(x)
         )
 
     # ------------------------------------------------------------ results
