@@ -219,3 +219,36 @@ def test_sae_latents_match_the_recording_with_its_bos_prefix(tmp_path, corpus, s
             assert g_.tokens == e.tokens
             worst = max(worst, _max_diff(g_.activations, e.activations))
     assert worst < TOL, worst
+
+
+@pytest.mark.slow  # reruns the embedded model on other units' excerpts
+def test_other_unit_negatives_are_other_units_excerpts_where_this_one_stays_quiet(
+    mlp_run, store
+):
+    # Detection's other-unit negatives (neuroscribe.scorer.other_units) with the real probe.
+    import random
+
+    from neuroscribe.scorer.other_units import OtherUnitNegatives, own_texts
+
+    run, records = mlp_run
+    probe = UnitProbe(run_dir=run, device="cpu", store=store, max_tokens=512)
+    for rec in records[:2]:
+        threshold = 0.2 * max(x.max_activation for x in rec.most_positive_activation_records)
+        finder = OtherUnitNegatives(3, run_dir=run, probe=probe)
+        found = asyncio.run(finder.find(rec, random.Random(0), threshold))
+        assert found.excerpts, found.details  # the recording gives each of these one
+        others: dict[str, set[str]] = {}
+        for r in records:
+            for x in r.most_positive_activation_records:
+                if r.unit_id != rec.unit_id:
+                    others.setdefault("".join(x.tokens), set()).add(r.unit_id)
+        for x in found.excerpts:
+            text = "".join(x.record.tokens)
+            source = x.excerpt_id.split(":")[1]  # other:<unit id>:top:<i>
+            assert source in others[text] and text not in own_texts(rec)
+            # The unit's real activations there, and quiet: at most the threshold.
+            assert max(x.record.activations) <= threshold
+            (again,) = probe.activations(rec, [text])
+            assert _max_diff(again.activations, x.record.activations) < TOL
+        d = found.details
+        assert d["n_other_probed"] >= d["n_other_unit_negatives"] + d["n_other_rejected"]

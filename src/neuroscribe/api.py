@@ -273,8 +273,17 @@ def _selection_options(config: RunConfig) -> dict[str, Any]:
 
 
 def _route(factory: Any, config: RunConfig) -> dict[str, Any]:
-    """`route` for the scorers that see pictures one way or another (image units)."""
-    return {"route": config.score.image_route} if getattr(factory, "image_routes", False) else {}
+    """The score section's options a scorer declares it takes: `route` for the scorers
+    that see pictures one way or another (image units); `other_units` (and the run they
+    come from) for detection's other-unit negatives. Scorers that do not declare an
+    option never get it (not every `build`/`planned` takes **kwargs)."""
+    out: dict[str, Any] = {}
+    if getattr(factory, "image_routes", False):
+        out["route"] = config.score.image_route
+    if getattr(factory, "takes_other_units", False) and config.score.other_unit_negatives:
+        out["other_units"] = config.score.other_unit_negatives
+        out["run_dir"] = config.run_dir
+    return out
 
 
 def planned_selector(config: RunConfig) -> Any:
@@ -305,7 +314,9 @@ async def explainer_parts(config: RunConfig, llm: Any) -> AsyncIterator[dict[str
             )
         factory = scorer_factory(config.explain.select.scorer)
         scorer = await factory.build(
-            sel_llm, run_dir=config.run_dir, **_selection_options(config), **_route(factory, config)
+            sel_llm,
+            **_selection_options(config),
+            **({"run_dir": config.run_dir} | _route(factory, config)),
         )
         probe = None
         if getattr(cls, "probes_subject", False):
@@ -387,8 +398,8 @@ async def build_scorer(llm: Any, config: RunConfig) -> Any:
         strategy=sec.strategy,
         n_examples=sec.n_examples,
         prompt_version=sec.prompt,
-        run_dir=config.run_dir,  # where output-side scorers find the subject model
-        **_route(factory, config),
+        # run_dir: where output-side scorers find the subject model.
+        **({"run_dir": config.run_dir} | _route(factory, config)),
     )
 
 

@@ -107,6 +107,8 @@ class ScoreSection(_Section):
     n_examples: int | None = Field(None, ge=0, le=10)
     timeout: float = Field(120.0, gt=0)
     image_route: Literal["auto", "captions", "pixels"] = "auto"  # as ExplainSection's
+    # Detection's negatives that make other units of the run fire (0: none, as before).
+    other_unit_negatives: int = Field(0, ge=0, le=64)
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
 

@@ -174,6 +174,16 @@ ImageRouteOpt = Annotated[
         "so name pixels for a VLM behind an OpenAI-compatible API).",
     ),
 ]
+OtherNegOpt = Annotated[
+    int,
+    typer.Option(
+        "--other-unit-negatives",
+        min=0,
+        max=64,
+        help="Detection: also show up to N excerpts that strongly activate other units of "
+        "the run but not this one (found by running the local subject model; 0: off).",
+    ),
+]
 NExplOpt = Annotated[
     int,
     typer.Option("--n-explanations", min=1, max=100, help="Explanations sampled per unit (1–100)."),
@@ -289,6 +299,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "strategy": (StrategyOpt, "auto"),
     "sim_examples": (SimExamplesOpt, None),
     "sim_prompt": (SimPromptOpt, None),
+    "other_unit_negatives": (OtherNegOpt, 0),
     "units": (UnitsOpt, None),
     "max_units": (MaxUnitsOpt, None),
     "n_explanations": (NExplOpt, 1),
@@ -318,6 +329,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
 EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", "temperature")
 EXPLAIN += ("max_tokens", "k", "select_scorer", "rounds")
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
+SCORE += ("other_unit_negatives",)
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
 COMMON += ("n_contrast", "image_route")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
@@ -379,6 +391,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "strategy": ("score", "strategy"),
     "sim_examples": ("score", "n_examples"),
     "sim_prompt": ("score", "prompt"),
+    "other_unit_negatives": ("score", "other_unit_negatives"),
     "n_train": ("splits", "n_train"),
     "n_test_top": ("splits", "n_test_top"),
     "n_test_random": ("splits", "n_test_random"),

@@ -35,6 +35,9 @@ from neuroscribe.stages.base import Estimate
 
 TOP_LOGPROBS = 10
 YES, NO = "yes", "no"
+# Negatives reported alone (the share answered "no"), by Item.kind: those sharing the
+# unit's top tokens, and those that make another unit fire (scorer.other_units).
+HARD_KINDS = {"hard": "hard_negative_accuracy", "other": "other_unit_accuracy"}
 
 # ---------------------------------------------------------------- which excerpts
 
@@ -401,10 +404,18 @@ class ClassifierScorer(ScorerParts):
             max_attempts=self.max_attempts,
         )
 
+    async def prepare(self, task: ScoreTask) -> tuple[list[Item], dict[str, Any]]:
+        """`items`, for a scorer whose items need work first (e.g. running a model)."""
+        return self.items(task)
+
+    def planned_items(self, task: ScoreTask) -> list[Item]:
+        """The items a dry run counts (no model opened): `items` unless overridden."""
+        return self.items(task)[0]
+
     async def score(self, task: ScoreTask) -> ScoreOutcome:
         if self.llm is None:
             raise ConfigError(f"this {self.name} scorer was built for planning only")
-        items, details = self.items(task)
+        items, details = await self.prepare(task)
         batches = self.batches(task, items)
         results = await asyncio.gather(
             *(self._answer(task.explanation.text, b) for b in batches), return_exceptions=True
@@ -447,7 +458,8 @@ class ClassifierScorer(ScorerParts):
         probs = [q for _, _, q in flat]
         have_all = all(q is not None for q in probs)
         metrics = classification_metrics(labels, predicted, probs if have_all else None)  # type: ignore[arg-type]
-        flags: list[str] = []
+        details = dict(details)
+        flags: list[str] = list(details.pop("flags", []))  # what `prepare` had to say
         if not self.reads_p_yes:
             del metrics["auc"]
         elif not self.logprobs:
@@ -455,10 +467,10 @@ class ClassifierScorer(ScorerParts):
         elif not have_all:
             flags.append(f"missing_p_yes:{sum(q is None for q in probs)}")
         if self.reports_hard:
-            hard = [p for it, p, _ in flat if it.kind == "hard"]
-            metrics["hard_negative_accuracy"] = (
-                sum(not p for p in hard) / len(hard) if hard else None
-            )
+            for kind, metric in HARD_KINDS.items():
+                hard = [p for it, p, _ in flat if it.kind == kind]
+                if kind == "hard" or hard:
+                    metrics[metric] = sum(not p for p in hard) / len(hard) if hard else None
         excerpts = {it.excerpt_id.split("#")[0]: it.n_tokens for it, _, _ in flat}
         return ScoreOutcome(
             metrics=metrics,
@@ -491,7 +503,7 @@ class ClassifierScorer(ScorerParts):
 
     def estimate(self, task: ScoreTask) -> Estimate:
         """The prompts `score` would send, counted; completions as a well-formed answer."""
-        items, _ = self.items(task)
+        items = self.planned_items(task)
         est = Estimate()
         for batch in self.batches(task, items):
             msgs = self.messages(task.explanation.text, [it.text for it in batch])

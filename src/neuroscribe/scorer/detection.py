@@ -13,6 +13,11 @@ answers yes or no for each:
   scored like the others and also reported alone (`hard_negative_accuracy`: the share
   answered "no"; None when the held-out data has none).
 
+- other-unit negatives (`other_units` = N > 0, `--other-unit-negatives N`; off by
+  default, as delphi's neighbour negatives are): up to N excerpts that strongly activate
+  *other* units of the run and leave this one quiet, found by running the unit's subject
+  model on them (`scorer.other_units`). Reported alone as `other_unit_accuracy`.
+
 Metrics: `balanced_accuracy` (the headline: every backend gives it, and it does not
 reward always answering the majority class), `accuracy`, `f1` (of "activates"), and
 `auc` over P("yes") where the backend returns generated-token logprobs (a local `hf:`
@@ -22,20 +27,24 @@ model: the exact next-token distribution); None otherwise (flag `no_logprobs`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
+from neuroscribe.errors import ConfigError
 from neuroscribe.llm.messages import Message
 from neuroscribe.prompts.classify import DETECTION_PROMPT_VERSION, build_detection_messages
 from neuroscribe.scorer.base import ScoreTask
 from neuroscribe.scorer.classify import (
     ClassifierScorer,
     Item,
+    crop,
     label_heldout,
     make_item,
     require_both,
     unit_rng,
     windows,
 )
+from neuroscribe.scorer.other_units import KIND, Found, OtherUnitNegatives
 
 
 class DetectionScorer(ClassifierScorer):
@@ -43,11 +52,57 @@ class DetectionScorer(ClassifierScorer):
     stage = "score-detection"
     prompt_version = DETECTION_PROMPT_VERSION
     reports_hard: ClassVar[bool] = True
+    # api passes the score section's `other_unit_negatives` as `other_units`.
+    takes_other_units: ClassVar[bool] = True
+    OPTIONS = (*ClassifierScorer.OPTIONS, "other_units", "run_dir", "other_negatives")
+
+    def __init__(
+        self,
+        llm: Any | None,
+        *,
+        other_units: int = 0,
+        run_dir: str | Path | None = None,
+        other_negatives: OtherUnitNegatives | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(llm, **options)
+        if other_units < 0:
+            raise ConfigError(f"other_units must be 0 or more, not {other_units}")
+        self.other_units = other_units
+        self.others = other_negatives
+        if self.others is None and other_units:
+            self.others = OtherUnitNegatives(other_units, run_dir=run_dir)
+
+    def config(self) -> dict[str, Any]:
+        # Only when used: detection scores from before the option keep their hash.
+        extra = {"other_units": self.other_units} if self.other_units else {}
+        return {**super().config(), **extra}
 
     def messages(self, explanation: str, texts: Sequence[str]) -> list[Message]:
         return build_detection_messages(explanation, texts)
 
-    def items(self, task: ScoreTask) -> tuple[list[Item], dict[str, Any]]:
+    async def prepare(self, task: ScoreTask) -> tuple[list[Item], dict[str, Any]]:
+        if self.others is None:
+            return self.items(task)
+        held = label_heldout(task.heldout, self.negative_fraction)
+        require_both(held, task.record.unit_id, self.negative_fraction)
+        threshold = self.negative_fraction * held.positives[0].record.max_activation
+        rng = unit_rng(task, f"{self.name}:other-units")
+        found = await self.others.find(task.record, rng, threshold)
+        items, details = self.items(task, found)
+        if not found.excerpts:
+            details["flags"] = ["no_other_unit_negatives"]
+        return items, details
+
+    def planned_items(self, task: ScoreTask) -> list[Item]:
+        if self.others is None:
+            return self.items(task)[0]
+        rng = unit_rng(task, f"{self.name}:other-units")
+        return self.items(task, self.others.planned(task.record, rng))[0]
+
+    def items(
+        self, task: ScoreTask, others: Found | None = None
+    ) -> tuple[list[Item], dict[str, Any]]:
         held = label_heldout(task.heldout, self.negative_fraction)
         require_both(held, task.record.unit_id, self.negative_fraction)
         cut = windows(held, self.window, unit_rng(task, f"{self.name}:windows"))
@@ -57,11 +112,22 @@ class DetectionScorer(ClassifierScorer):
             )
             for x in held.negatives
         ]
+        if others is not None:
+            items += [
+                make_item(
+                    x,
+                    False,
+                    KIND,
+                    crop(len(x.record.tokens), others.anchors[x.excerpt_id], self.window),
+                )
+                for x in others.excerpts
+            ]
         details = {
             "window": self.window,
             "n_hard_negatives": len(held.hard),
             "n_ambiguous": len(held.ambiguous),
             "top_tokens": held.top_tokens,
             "negative_fraction": self.negative_fraction,
+            **(others.details if others is not None else {}),
         }
         return items, details
