@@ -35,7 +35,7 @@ from neuroscribe.scorer.base import OwnOptions, ScoreOutcome, ScoreTask
 from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
 from neuroscribe.vision.clip import LABEL_TEMPLATE, ClipModel, clip_spec, load_clip
-from neuroscribe.vision.simulate import image_outcome
+from neuroscribe.vision.simulate import image_line, image_outcome
 
 CLIP_SIMILARITY_VERSION = "clip-similarity-v1"
 CAPTION_SIMILARITY_VERSION = "caption-similarity-v1"
@@ -94,20 +94,14 @@ class SimilarityScorer(OwnOptions):
             sims = await asyncio.to_thread(self.similarities, task, e.text.strip(), todo)
             for x, s in zip(todo, sims, strict=True):
                 new.append(
-                    SequenceSimulation(
-                        explanation_id=e.explanation_id,
-                        unit_id=e.unit_id,
-                        excerpt_id=x.excerpt_id,
-                        kind=x.kind,  # type: ignore[arg-type]
-                        role=x.role,  # type: ignore[arg-type]
-                        tokens=list(x.record.tokens),
-                        true_activations=list(x.record.activations),
-                        expected_activations=[round(s, 6)],
+                    image_line(
+                        task,
+                        x,
+                        [round(s, 6)],
                         scale_max=1,
                         strategy=self.name,
                         simulator=self.model,
                         prompt_version=self.version,
-                        config_hash=task.config_hash,
                     )
                 )
         by_id = {**stored, **{s.excerpt_id: s for s in new}}

@@ -601,21 +601,15 @@ class ImageSimulationScorer(ScorerParts):
             for x, r in zip(todo, results, strict=True):
                 usage = usage.add(r.usage)
                 new.append(
-                    SequenceSimulation(
-                        explanation_id=e.explanation_id,
-                        unit_id=e.unit_id,
-                        excerpt_id=x.excerpt_id,
-                        kind=x.kind,  # type: ignore[arg-type]
-                        role=x.role,  # type: ignore[arg-type]
-                        tokens=list(x.record.tokens),
-                        true_activations=list(x.record.activations),
-                        expected_activations=r.expected,
+                    image_line(
+                        task,
+                        x,
+                        r.expected,
                         distributions=r.distributions if r.distributions else None,
                         scale_max=r.scale_max,
                         strategy=self.strategy,
                         simulator=self.model,
                         prompt_version=self.prompt_version,
-                        config_hash=task.config_hash,
                         usage=r.usage,
                     )
                 )
@@ -659,6 +653,27 @@ class ImageSimulationScorer(ScorerParts):
         return est
 
 
+def image_line(
+    task: ScoreTask, x: Excerpt, expected: list[float], **fields: Any
+) -> SequenceSimulation:
+    """One picture's stored line (a simulation, or a similarity: `strategy` says which):
+    the task's explanation and configuration, the excerpt's identity and true value, and
+    `fields` (strategy, simulator, prompt_version, scale_max...)."""
+    e = task.explanation
+    return SequenceSimulation(
+        explanation_id=e.explanation_id,
+        unit_id=e.unit_id,
+        excerpt_id=x.excerpt_id,
+        kind=x.kind,  # type: ignore[arg-type]
+        role=x.role,  # type: ignore[arg-type]
+        tokens=list(x.record.tokens),
+        true_activations=list(x.record.activations),
+        expected_activations=expected,
+        config_hash=task.config_hash,
+        **fields,
+    )
+
+
 def image_outcome(sims: Sequence[SequenceSimulation], seed: int, usage: Usage) -> ScoreOutcome:
     """The simulation score of per-image simulations, plus the AUC of top vs random."""
     if not any(v is not None for s in sims if s.role == "test" for v in s.expected_activations):
@@ -685,5 +700,6 @@ __all__ = [
     "build_image_ids",
     "choose_image_strategy",
     "choose_route",
+    "image_line",
     "image_outcome",
 ]
