@@ -673,13 +673,12 @@ def test_detection_on_a_groundtruth_image_unit_with_the_embedded_model(tmp_path)
     append_jsonl(run.path("explanations"), [e])
     scorer = run_async(scorer_factory("detection").build(LocalLLM("hf:embedded")))
     run_async(run_stage(ScoreStage(scorer, [record], small), run, show_progress=False))
-    scores, failures = run.scores(), run.failures()
-    assert len(scores) + len(failures) == 1
-    for s in scores:
-        assert s.scorer == "detection" and s.details["n_positive"] == 2
-        assert s.metrics["auc"] is not None  # exact P("yes") from the local model
-    for f in failures:
-        assert "yes/no" in f.reason  # an unusable answer is a failure, never read as "no"
+    # An in-process judge answers one image a prompt, read from its next-token
+    # distribution: SmolLM2 cannot keep the numbered format, but it always has a P(yes).
+    (s,) = run.scores()
+    assert s.scorer == "detection" and s.details["n_positive"] == 2
+    assert s.details["prompt_version"] == "detection-v1-one" and s.details["n_prompts"] == 5
+    assert s.metrics["auc"] is not None  # exact P("yes") from the local model
 
 
 @pytest.mark.slow

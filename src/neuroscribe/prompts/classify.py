@@ -60,6 +60,32 @@ def build_detection_messages(explanation: str, excerpts: Sequence[str]) -> list[
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
 
 
+# One excerpt per prompt, answered by its first token: for judges whose yes/no is read
+# from the next-token distribution (local models; `ClassifierScorer` readout
+# "first-token"), so small models that cannot keep a numbered answer format still answer.
+ONE_SUFFIX = "-one"
+_ONE = "Answer yes or no."
+
+
+def build_detection_one_message(explanation: str, excerpt: str) -> list[Message]:
+    """Does the neuron activate on this one excerpt? (answered by the first token)."""
+    user = (
+        f"Explanation: {explanation.strip()}\n\nExcerpt: {excerpt}\n\n"
+        f"Does the neuron activate on this excerpt? {_ONE}"
+    )
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
+def build_fuzzing_one_message(explanation: str, excerpt: str) -> list[Message]:
+    """Are this excerpt's marked tokens the ones the explanation describes?"""
+    user = (
+        f"Explanation: {explanation.strip()}\n\nExcerpt, some tokens marked {OPEN}like "
+        f"this{CLOSE}: {excerpt}\n\nAre the marked tokens where the neuron activates, as "
+        f"the explanation says? {_ONE}"
+    )
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
 def build_fuzzing_messages(explanation: str, excerpts: Sequence[str]) -> list[Message]:
     """Are the marked tokens of each excerpt the ones the explanation describes?"""
     user = (

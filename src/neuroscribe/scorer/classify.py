@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from neuroscribe.errors import ConfigError, DataError, LLMError, OutputError
-from neuroscribe.llm.base import Completion, TokenLogprob, clip_raw
+from neuroscribe.llm.base import LOCAL_PREFIX, Completion, TokenLogprob, clip_raw
 from neuroscribe.llm.messages import Message
-from neuroscribe.prompts.classify import render_excerpt, yes_no_answer
+from neuroscribe.prompts.classify import ONE_SUFFIX, render_excerpt, yes_no_answer
 from neuroscribe.schema import Usage
 from neuroscribe.scorer.base import ScoreOutcome, ScorerParts, ScoreTask
 from neuroscribe.scorer.maths import classification_metrics
@@ -34,6 +34,8 @@ from neuroscribe.splits import Excerpt
 from neuroscribe.stages.base import Estimate
 
 TOP_LOGPROBS = 10
+FIRST_TOKEN_LOGPROBS = 20  # the first-token readout: where to look for yes and no
+READOUTS = ("auto", "lines", "first-token")
 YES, NO = "yes", "no"
 # Negatives reported alone (the share answered "no"), by Item.kind: those sharing the
 # unit's top tokens, and those that make another unit fire (scorer.other_units).
@@ -227,6 +229,23 @@ def p_yes(top: dict[str, float]) -> float | None:
     return yes / (yes + no) if yes + no > 0 else None
 
 
+def first_token_p_yes(choice: Completion) -> float:
+    """P("yes") at the answer's first token, renormalised over yes and no (any case or
+    leading space). Neither among the likeliest tokens: an `OutputError`, never a "no"."""
+    if not choice.tokens:
+        raise OutputError(
+            "the judge returned no token logprobs to read yes/no from", raw=clip_raw(choice.text)
+        )
+    p = p_yes(choice.tokens[0].top_logprobs)
+    if p is None:
+        raise OutputError(
+            f"no yes/no among the {len(choice.tokens[0].top_logprobs)} likeliest first "
+            "tokens of the answer",
+            raw=clip_raw(choice.text),
+        )
+    return p
+
+
 def yes_probabilities(tokens: Sequence[TokenLogprob] | None, parsed: YesNo) -> list[float | None]:
     """P("yes") per excerpt from the generated tokens that spell its yes/no.
 
@@ -298,7 +317,20 @@ class ClassifierScorer(ScorerParts):
     Options (constructor keywords; `build`/`planned` take the same): `batch_size`
     (items per prompt), `negative_fraction` (a random excerpt is non-activating when its
     peak is at most this share of the top held-out activation), `window` (tokens shown
-    of each excerpt, 32 as delphi's examples; None: whole excerpts), `max_attempts`.
+    of each excerpt, 32 as delphi's examples; None: whole excerpts), `max_attempts`,
+    `readout`:
+
+    - "lines": `batch_size` items a prompt, answered in numbered lines ("2 yes");
+    - "first-token" (scorers with `one_at_a_time`: detection, fuzzing): one item a
+      prompt ("... Answer yes or no."), its answer read from the judge's next-token
+      distribution: P("yes") renormalised over yes and no, answer = P ≥ ½. Needs
+      logprobs. Small local models do not keep the numbered format (SmolLM2-135M and
+      Qwen2.5-0.5B fail most prompts), but every next token has a P("yes");
+    - "auto" (default): "first-token" for an in-process judge (exact logits: `hf:`
+      models), "lines" otherwise (an API judge: fewer, cheaper prompts).
+
+    The first-token readout has its own prompt version (`<version>-one`) and configuration
+    hash; "lines" hashes as before the option existed.
     """
 
     name: ClassVar[str]
@@ -307,8 +339,9 @@ class ClassifierScorer(ScorerParts):
     primary_metric: ClassVar[str] = "balanced_accuracy"
     reports_hard: ClassVar[bool] = False  # add `hard_negative_accuracy` to the metrics
     reads_p_yes: ClassVar[bool] = True  # answers carry a per-item P("yes") (→ `auc`)
+    one_at_a_time: ClassVar[bool] = False  # has one-item prompts (the first-token readout)
     OPTIONS: ClassVar[tuple[str, ...]] = (
-        "batch_size", "negative_fraction", "max_attempts", "window",
+        "batch_size", "negative_fraction", "max_attempts", "window", "readout",
     )  # fmt: skip
 
     def __init__(
@@ -321,6 +354,8 @@ class ClassifierScorer(ScorerParts):
         max_attempts: int = 3,
         window: int | None = 32,
         logprobs: bool = False,
+        readout: str = "auto",
+        exact: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
@@ -336,20 +371,46 @@ class ClassifierScorer(ScorerParts):
         self.window = window
         self.logprobs = logprobs
         self._counter: Any = None
+        if readout not in READOUTS:
+            raise ConfigError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
+        if readout == "first-token" and not self.one_at_a_time:
+            raise ConfigError(f"the {self.name} scorer has no first-token readout")
+        # `exact`: the judge runs in process (its logits are exact): `auto` reads yes/no
+        # from its next-token distribution, one item a prompt.
+        self.one_by_one = self.one_at_a_time and (
+            readout == "first-token" or (readout == "auto" and exact)
+        )
+        if self.one_by_one:
+            self.batch_size = 1
+            self.prompt_version = type(self).prompt_version + ONE_SUFFIX
 
     @classmethod
     async def build(cls, llm: Any, **options: Any) -> ClassifierScorer:
         """The scorer for a live model: asks for P("yes") where the backend declares
         generated-token logprobs (a local model: exact)."""
         caps = await llm.capabilities()
-        return cls(llm, spec=llm.spec, logprobs=bool(caps.chat_top_logprobs), **cls._own(options))
+        scorer = cls(
+            llm,
+            spec=llm.spec,
+            logprobs=bool(caps.chat_top_logprobs),
+            exact=bool(caps.exact_logits),
+            **cls._own(options),
+        )
+        if scorer.one_by_one and not scorer.logprobs:
+            raise ConfigError(
+                f"{cls.name}: the first-token readout reads P(yes) from the judge's "
+                f"logprobs, and {llm.spec} gives none; use readout='lines'"
+            )
+        return scorer
 
     @classmethod
     def planned(
         cls, spec: str, *, probe: dict | None = None, **options: Any
     ) -> tuple[ClassifierScorer, str]:
-        """A scorer for dry runs: counts the same prompts, loads and contacts nothing."""
-        return cls(None, spec=spec, **cls._own(options)), ""
+        """A scorer for dry runs: counts the same prompts, loads and contacts nothing
+        (an `hf:` judge is in process: `auto` plans its first-token readout)."""
+        exact = spec.startswith(LOCAL_PREFIX) or bool((probe or {}).get("exact_logits"))
+        return cls(None, spec=spec, exact=exact, **cls._own(options)), ""
 
     def config(self) -> dict[str, Any]:
         # Not `logprobs`: it follows from the model (in the hash already), and a dry run
@@ -361,6 +422,7 @@ class ClassifierScorer(ScorerParts):
             "batch_size": self.batch_size,
             "negative_fraction": self.negative_fraction,
             "window": self.window,
+            **({"readout": "first-token"} if self.one_by_one else {}),
         }
 
     def comparable(self) -> dict[str, Any]:
@@ -376,15 +438,20 @@ class ClassifierScorer(ScorerParts):
         raise NotImplementedError
 
     def parse(self, choice: Completion, n: int) -> _Answered:
+        if self.one_by_one:
+            p = first_token_p_yes(choice)
+            return _Answered([p >= 0.5], [p])
         parsed = parse_yes_no(choice.text, n)
         probs = yes_probabilities(choice.tokens, parsed) if self.logprobs else [None] * n
         return _Answered(parsed.answers, probs)
 
     def ideal_answer(self, batch: Sequence[Item]) -> str:
+        if self.one_by_one:
+            return YES if batch[0].label else NO
         return yes_no_answer([it.label for it in batch])
 
     def max_tokens(self, n: int) -> int:
-        return 6 * n + 16
+        return 1 if self.one_by_one else 6 * n + 16
 
     # -- the plug-in interface ---------------------------------------------------------
 
@@ -400,7 +467,9 @@ class ClassifierScorer(ScorerParts):
             self.messages(explanation, [it.text for it in batch]),
             lambda choice: self.parse(choice, len(batch)),
             max_tokens=self.max_tokens(len(batch)),
-            top_logprobs=TOP_LOGPROBS if self.logprobs else None,
+            top_logprobs=(FIRST_TOKEN_LOGPROBS if self.one_by_one else TOP_LOGPROBS)
+            if self.logprobs
+            else None,
             max_attempts=self.max_attempts,
         )
 

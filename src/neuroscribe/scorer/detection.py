@@ -32,7 +32,11 @@ from typing import Any, ClassVar
 
 from neuroscribe.errors import ConfigError
 from neuroscribe.llm.messages import Message
-from neuroscribe.prompts.classify import DETECTION_PROMPT_VERSION, build_detection_messages
+from neuroscribe.prompts.classify import (
+    DETECTION_PROMPT_VERSION,
+    build_detection_messages,
+    build_detection_one_message,
+)
 from neuroscribe.scorer.base import ScoreTask
 from neuroscribe.scorer.classify import (
     ClassifierScorer,
@@ -51,6 +55,7 @@ class DetectionScorer(ClassifierScorer):
     name = "detection"
     stage = "score-detection"
     prompt_version = DETECTION_PROMPT_VERSION
+    one_at_a_time: ClassVar[bool] = True
     reports_hard: ClassVar[bool] = True
     # api passes the score section's `other_unit_negatives` as `other_units`.
     takes_other_units: ClassVar[bool] = True
@@ -79,6 +84,9 @@ class DetectionScorer(ClassifierScorer):
         return {**super().config(), **extra}
 
     def messages(self, explanation: str, texts: Sequence[str]) -> list[Message]:
+        if self.one_by_one:
+            (text,) = texts
+            return build_detection_one_message(explanation, text)
         return build_detection_messages(explanation, texts)
 
     async def prepare(self, task: ScoreTask) -> tuple[list[Item], dict[str, Any]]:

@@ -19,7 +19,11 @@ from typing import Any, ClassVar
 
 from neuroscribe.errors import ConfigError, DataError
 from neuroscribe.llm.messages import Message
-from neuroscribe.prompts.classify import FUZZING_PROMPT_VERSION, build_fuzzing_messages
+from neuroscribe.prompts.classify import (
+    FUZZING_PROMPT_VERSION,
+    build_fuzzing_messages,
+    build_fuzzing_one_message,
+)
 from neuroscribe.scorer.base import ScoreTask
 from neuroscribe.scorer.classify import (
     ClassifierScorer,
@@ -43,6 +47,7 @@ class FuzzingScorer(ClassifierScorer):
     name = "fuzzing"
     stage = "score-fuzzing"
     prompt_version = FUZZING_PROMPT_VERSION
+    one_at_a_time: ClassVar[bool] = True
     OPTIONS: ClassVar[tuple[str, ...]] = (*ClassifierScorer.OPTIONS, "mark_fraction")
 
     def __init__(self, llm: Any | None, *, mark_fraction: float = 0.5, **kw: Any) -> None:
@@ -57,6 +62,9 @@ class FuzzingScorer(ClassifierScorer):
         return {**super().config(), "mark_fraction": self.mark_fraction}
 
     def messages(self, explanation: str, texts: Sequence[str]) -> list[Message]:
+        if self.one_by_one:
+            (text,) = texts
+            return build_fuzzing_one_message(explanation, text)
         return build_fuzzing_messages(explanation, texts)
 
     def items(self, task: ScoreTask) -> tuple[list[Item], dict[str, Any]]:
