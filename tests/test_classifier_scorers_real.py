@@ -41,3 +41,22 @@ def test_detection_intruder_and_embedding_through_llama_cpp(llama_server, tmp_pa
     emb = scores["embedding"]  # no model calls: always scored
     assert emb.scorer_model == "hf:sentence-transformers/all-MiniLM-L6-v2"
     assert emb.metrics["auc"] > 0.5  # "the word cat" is closest to the excerpts with " cat"
+
+
+def test_a_small_judge_behind_an_api_answers_through_the_first_token_readout(
+    llama_server, tmp_path
+):
+    # SmolLM2 does not keep the numbered format; llama.cpp returns top logprobs, so with
+    # `--readout first-token` every excerpt gets a P(yes) and the explanation is scored.
+    run = make_run(tmp_path, [explanation()])
+    run_cli(
+        "score", str(run.root), "--scorer", "detection", "--readout", "first-token",
+        "--simulator", llama_server.model, "--base-url", llama_server.base_url,
+        "--concurrency", "1", "--quiet",
+    )  # fmt: skip
+    assert not run.failures()
+    (s,) = run.scores()
+    assert s.details["prompt_version"] == "detection-v1-one"
+    assert s.details["n_prompts"] == s.details["n_items"] == 13  # one excerpt a prompt
+    assert s.metrics["auc"] is not None and 0 <= s.metrics["auc"] <= 1
+    assert all(a["p_yes"] is not None for a in s.details["answers"])

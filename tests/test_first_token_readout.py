@@ -105,3 +105,18 @@ def test_fuzzing_reads_first_tokens_too_and_misuse_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="readout must be"):
         DetectionScorer(None, spec="x", readout="tokens")
     assert unit_record().unit_id == s.unit_id
+
+
+def test_the_readout_is_a_score_option_and_a_flag(tmp_path):
+    from neuroscribe import api
+    from neuroscribe.cli.pipeline import _config
+
+    run = make_run(tmp_path, [explanation()])
+    config = _config({"run": str(run.root), "scorer": "detection", "readout": "first-token"})
+    assert api._route(DetectionScorer, config) == {"readout": "first-token"}
+    assert api._route(FuzzingScorer, config) == {"readout": "first-token"}
+    assert api._route(IntruderScorer, config) == {}  # no yes/no per excerpt to read
+    planned = api.planned_scorer(config)[0]
+    assert planned.one_by_one and planned.prompt_version == "detection-v1-one"
+    with pytest.raises(ConfigError):
+        _config({"run": str(run.root), "readout": "tokens"})

@@ -274,12 +274,15 @@ def _selection_options(config: RunConfig) -> dict[str, Any]:
 
 def _route(factory: Any, config: RunConfig) -> dict[str, Any]:
     """The score section's options a scorer declares it takes: `route` for the scorers
-    that see pictures one way or another (image units); `other_units` (and the run they
-    come from) for detection's other-unit negatives. Scorers that do not declare an
+    that see pictures one way or another (image units); `readout` for the yes/no
+    classifiers (detection, fuzzing); `other_units` (and the run they come from) for
+    detection's other-unit negatives. Scorers that do not declare an
     option never get it (not every `build`/`planned` takes **kwargs)."""
     out: dict[str, Any] = {}
     if getattr(factory, "image_routes", False):
         out["route"] = config.score.image_route
+    if getattr(factory, "one_at_a_time", False) and config.score.readout != "auto":
+        out["readout"] = config.score.readout
     if getattr(factory, "takes_other_units", False) and config.score.other_unit_negatives:
         out["other_units"] = config.score.other_unit_negatives
         out["run_dir"] = config.run_dir

@@ -109,6 +109,10 @@ class ScoreSection(_Section):
     image_route: Literal["auto", "captions", "pixels"] = "auto"  # as ExplainSection's
     # Detection's negatives that make other units of the run fire (0: none, as before).
     other_unit_negatives: int = Field(0, ge=0, le=64)
+    # How detection and fuzzing read a judge's yes/no (ClassifierScorer): numbered lines,
+    # or one excerpt a prompt read from the first token's logprobs; auto: first-token
+    # for in-process judges, lines otherwise.
+    readout: Literal["auto", "lines", "first-token"] = "auto"
 
     _model = field_validator("model")(classmethod(lambda cls, v: _spec(v)))
 

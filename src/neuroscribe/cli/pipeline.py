@@ -184,6 +184,16 @@ OtherNegOpt = Annotated[
         "the run but not this one (found by running the local subject model; 0: off).",
     ),
 ]
+ReadoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--readout",
+        help="Detection and fuzzing: how the judge's yes/no is read: lines (numbered "
+        "answers, 5 excerpts a prompt), first-token (one excerpt a prompt, P(yes) from the "
+        "first token's logprobs; for small models), auto (first-token for local hf: "
+        "judges, lines otherwise).",
+    ),
+]
 NExplOpt = Annotated[
     int,
     typer.Option("--n-explanations", min=1, max=100, help="Explanations sampled per unit (1–100)."),
@@ -300,6 +310,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "sim_examples": (SimExamplesOpt, None),
     "sim_prompt": (SimPromptOpt, None),
     "other_unit_negatives": (OtherNegOpt, 0),
+    "readout": (ReadoutOpt, None),
     "units": (UnitsOpt, None),
     "max_units": (MaxUnitsOpt, None),
     "n_explanations": (NExplOpt, 1),
@@ -329,7 +340,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
 EXPLAIN = ("explainer", "explainer_method", "explain_prompt", "n_explanations", "temperature")
 EXPLAIN += ("max_tokens", "k", "select_scorer", "rounds")
 SCORE = ("simulator", "scorer", "strategy", "sim_examples", "sim_prompt")
-SCORE += ("other_unit_negatives",)
+SCORE += ("other_unit_negatives", "readout")
 COMMON = ("base_url", "api_key", "units", "max_units", "n_train", "n_test_top", "n_test_random")
 COMMON += ("n_contrast", "image_route")
 JOB = ("concurrency", "timeout", "retry_failed", "quiet", "rpm", "tpm", "max_cost", "dry_run")
@@ -392,6 +403,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "sim_examples": ("score", "n_examples"),
     "sim_prompt": ("score", "prompt"),
     "other_unit_negatives": ("score", "other_unit_negatives"),
+    "readout": ("score", "readout"),
     "n_train": ("splits", "n_train"),
     "n_test_top": ("splits", "n_test_top"),
     "n_test_random": ("splits", "n_test_random"),
