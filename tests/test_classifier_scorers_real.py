@@ -50,13 +50,16 @@ def test_a_small_judge_behind_an_api_answers_through_the_first_token_readout(
     # `--readout first-token` every excerpt gets a P(yes) and the explanation is scored.
     run = make_run(tmp_path, [explanation()])
     run_cli(
-        "score", str(run.root), "--scorer", "detection", "--readout", "first-token",
+        "score", str(run.root), "--scorer", "detection,fuzzing", "--readout", "first-token",
         "--simulator", llama_server.model, "--base-url", llama_server.base_url,
         "--concurrency", "1", "--quiet",
     )  # fmt: skip
     assert not run.failures()
-    (s,) = run.scores()
-    assert s.details["prompt_version"] == "detection-v1-one"
-    assert s.details["n_prompts"] == s.details["n_items"] == 13  # one excerpt a prompt
-    assert s.metrics["auc"] is not None and 0 <= s.metrics["auc"] <= 1
-    assert all(a["p_yes"] is not None for a in s.details["answers"])
+    scores = {s.scorer: s for s in run.scores()}
+    assert set(scores) == {"detection", "fuzzing"}
+    for name, s in scores.items():
+        assert s.details["prompt_version"] == f"{name}-v1-one"
+        assert s.details["n_prompts"] == s.details["n_items"]  # one excerpt a prompt
+        assert s.metrics["auc"] is not None and 0 <= s.metrics["auc"] <= 1
+        assert all(a["p_yes"] is not None for a in s.details["answers"])
+    assert scores["detection"].details["n_items"] == 13
