@@ -70,9 +70,21 @@ OTHERS = [
 ]
 
 
+# Output directions (what each unit writes): the napping-cat unit is the cat unit's
+# nearest neighbour, the roof unit next, the dog unit far.
+DIRECTIONS = {
+    UNIT: [1.0, 0.0, 0.0],
+    "m/0/1": [0.5, 0.866, 0.0],
+    "m/0/2": [0.99, 0.141, 0.0],
+    "m/0/3": [0.0, 0.0, 1.0],
+    "m/0/4": [0.95, 0.0, 0.312],
+}
+
+
 class RuleProbe:
     """Where the subject model runs: the cat unit's rule (5.0 on " cat"), tokens split at
-    spaces as the records' are. Keeps every text it was asked about."""
+    spaces as the records' are, and the units' directions above. Keeps every text it was
+    asked about."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
@@ -80,6 +92,13 @@ class RuleProbe:
     async def activations_async(self, record, texts):
         self.texts += texts
         return [excerpt(t, "cat") for t in texts]
+
+    def direction(self, record):
+        import torch
+
+        if record.unit_id not in DIRECTIONS:
+            raise ConfigError(f"unit {record.unit_id}: no output direction here")
+        return torch.tensor(DIRECTIONS[record.unit_id]) * 3.0  # not unit length
 
 
 def explanation(text: str = "the word cat", i: int = 0) -> Explanation:
@@ -215,3 +234,29 @@ def test_dry_run_config_api_and_command_line_carry_the_option(tmp_path):
     assert len(more) == len(plain) + 3 and sum(it.kind == "other" for it in more) == 3
     with pytest.raises(ConfigError):
         RunConfig.build(run_dir=run.root, score={"other_unit_negatives": -1})
+
+
+def test_neighbours_come_first_and_a_unit_without_direction_falls_back_to_random(tmp_path):
+    run = make_run(tmp_path)
+    probe = RuleProbe()
+    finder = OtherUnitNegatives(1, run_dir=run.root, probe=probe)
+    found = asyncio.run(finder.find(cat_unit(), random.Random(0), 1.0))
+    # Nearest first: the napping cat (cosine 0.99) fires and is dropped; the roof (0.95)
+    # is the negative; the far dog unit is never probed.
+    d = found.details
+    assert d["other_order"] == "neighbours" and d["other_units"] == ["other:m/0/4:top:0"]
+    assert d["other_cosines"] == [pytest.approx(0.95, abs=1e-3)] and d["n_other_rejected"] == 1
+    assert d["n_other_probed"] == 2 and not any("dog" in t for t in probe.texts)
+    # Asked for random order, or a unit whose direction is unknown: the seeded order.
+    plain = OtherUnitNegatives(3, run_dir=run.root, probe=RuleProbe(), order="random")
+    got = asyncio.run(plain.find(cat_unit(), random.Random(0), 1.0)).details
+    assert got["other_order"] == "random" and "other_cosines" not in got
+    stranger = cat_unit().model_copy(update={"unit_id": "m/0/9"})
+    finder = OtherUnitNegatives(3, run_dir=run.root, probe=RuleProbe())
+    got = asyncio.run(finder.find(stranger, random.Random(0), 1.0)).details
+    assert got["other_order"].startswith("random (no output direction: unit m/0/9")
+    assert got["n_other_unit_negatives"] == 2  # the dog and the roof, as before
+    with pytest.raises(ConfigError, match="order must be"):
+        OtherUnitNegatives(1, run_dir=run.root, order="closest")
+    scorer = DetectionScorer(None, spec="x", other_units=2, other_order="random", run_dir=run.root)
+    assert scorer.config()["other_order"] == "random"

@@ -252,3 +252,11 @@ def test_other_unit_negatives_are_other_units_excerpts_where_this_one_stays_quie
             assert _max_diff(again.activations, x.record.activations) < TOL
         d = found.details
         assert d["n_other_probed"] >= d["n_other_unit_negatives"] + d["n_other_rejected"]
+        # Nearest output directions first (the MLP neurons' down-projection columns).
+        assert d["other_order"] == "neighbours"
+        assert d["other_cosines"] == sorted(d["other_cosines"], reverse=True)
+        own = probe.direction(rec)
+        for x, c in zip(found.excerpts, d["other_cosines"], strict=True):
+            other = next(r for r in records if r.unit_id == x.excerpt_id.split(":")[1])
+            v = probe.direction(other)
+            assert abs(float(v @ own / (v.norm() * own.norm())) - c) < 1e-3

@@ -151,6 +151,19 @@ class UnitProbe:
 
         return await queued_for_model(unit.loaded, locked)
 
+    def direction(self, record: NeuronRecord) -> Any:
+        """What the unit writes into the residual stream (`output_side.unit_direction`:
+        an MLP neuron's output-projection column, an SAE latent's decoder row), float32 on
+        the CPU, from the same loaded subject model as the activations."""
+        from neuroscribe.scorer.output_side import unit_direction
+
+        ref = self.resolver.ref(record)
+        _refuse_unknown_name(ref, record)
+        manifest, _, cfg = self._run_info(record)
+        dtype = self.dtype or (manifest.subject.get("dtype") if manifest else None)
+        loaded = self._loader(dtype or cfg.get("dtype") or RECORD_DTYPE).load(ref)
+        return unit_direction(loaded.model, record, ref).vector
+
     # ------------------------------------------------------------------ finding the unit
 
     def _locate(self, record: NeuronRecord) -> _Unit:

@@ -16,7 +16,9 @@ answers yes or no for each:
 - other-unit negatives (`other_units` = N > 0, `--other-unit-negatives N`; off by
   default, as delphi's neighbour negatives are): up to N excerpts that strongly activate
   *other* units of the run and leave this one quiet, found by running the unit's subject
-  model on them (`scorer.other_units`). Reported alone as `other_unit_accuracy`.
+  model on them, the units with the closest output directions first (`other_order`
+  "neighbours"; or "random"; `scorer.other_units`). Reported alone as
+  `other_unit_accuracy`.
 
 Metrics: `balanced_accuracy` (the headline: every backend gives it, and it does not
 reward always answering the majority class), `accuracy`, `f1` (of "activates"), and
@@ -59,13 +61,16 @@ class DetectionScorer(ClassifierScorer):
     reports_hard: ClassVar[bool] = True
     # api passes the score section's `other_unit_negatives` as `other_units`.
     takes_other_units: ClassVar[bool] = True
-    OPTIONS = (*ClassifierScorer.OPTIONS, "other_units", "run_dir", "other_negatives")
+    OPTIONS = (
+        *ClassifierScorer.OPTIONS, "other_units", "other_order", "run_dir", "other_negatives",
+    )  # fmt: skip
 
     def __init__(
         self,
         llm: Any | None,
         *,
         other_units: int = 0,
+        other_order: str = "neighbours",
         run_dir: str | Path | None = None,
         other_negatives: OtherUnitNegatives | None = None,
         **options: Any,
@@ -76,11 +81,13 @@ class DetectionScorer(ClassifierScorer):
         self.other_units = other_units
         self.others = other_negatives
         if self.others is None and other_units:
-            self.others = OtherUnitNegatives(other_units, run_dir=run_dir)
+            self.others = OtherUnitNegatives(other_units, run_dir=run_dir, order=other_order)
 
     def config(self) -> dict[str, Any]:
         # Only when used: detection scores from before the option keep their hash.
-        extra = {"other_units": self.other_units} if self.other_units else {}
+        extra = {}
+        if self.others is not None:
+            extra = {"other_units": self.others.n, "other_order": self.others.order}
         return {**super().config(), **extra}
 
     def messages(self, explanation: str, texts: Sequence[str]) -> list[Message]:

@@ -10,9 +10,15 @@ Where they come from:
 
 - the pool: the strongest top excerpt of every other text unit in the run directory
   (one per unit, read once per scorer);
-- for the unit being scored, candidates from the pool in an order fixed by the unit and
-  the configuration (`unit_rng`), skipping any whose text is one of this unit's own
-  excerpts (train or held out: nothing the explainer saw reaches a scorer this way);
+- for the unit being scored, candidates from the pool, skipping any whose text is one of
+  this unit's own excerpts (train or held out: nothing the explainer saw reaches a scorer
+  this way), in one of two orders (`order`):
+  "neighbours" (default, delphi's neighbour negatives): the other units whose output
+  directions (what they write into the residual stream: an MLP neuron's output-projection
+  column, an SAE latent's decoder row) are closest to this unit's by cosine come first,
+  so the negatives are about nearby things; "random": an order fixed by the unit and the
+  configuration (`unit_rng`). A unit whose direction is not known (a hook point other
+  than an MLP or SAE) falls back to the random order, and `details` says why;
 - the unit's real activations on each candidate, from its subject model
   (`datasets.probe.UnitProbe`, exactly as the recorder computes them); a candidate is a
   negative when its peak stays at or below `negative_fraction` of the strongest
@@ -122,11 +128,15 @@ def anchor_in(probed: Sequence[str], c: Candidate) -> int:
     return max(0, len(probed) - 1)
 
 
+ORDERS = ("neighbours", "random")
+
+
 class OtherUnitNegatives:
     """Finds up to `n` other-unit negatives per unit (see the module's docstring).
 
     `run_dir`: the run whose other units make the pool (and whose manifest names the
-    subject model). `probe`: a `UnitProbe` (default: one on `run_dir`). `pool`: the
+    subject model). `probe`: a `UnitProbe` (default: one on `run_dir`); its `direction`
+    gives the units' output directions for the "neighbours" `order`. `pool`: the
     candidates, when the caller has them (tests, a pool shared between scorers).
     """
 
@@ -137,18 +147,24 @@ class OtherUnitNegatives:
         run_dir: str | Path | None = None,
         probe: Any = None,
         pool: Sequence[Candidate] | None = None,
+        order: str = "neighbours",
     ) -> None:
         if n < 1:
             raise ConfigError(f"other-unit negatives: ask for at least 1, not {n}")
+        if order not in ORDERS:
+            raise ConfigError(f"other-unit order must be one of {', '.join(ORDERS)}, not {order!r}")
         if run_dir is None and pool is None:
             raise ConfigError(
                 "other-unit negatives come from the other units of a run directory; "
                 "score a run (run_dir=RUN) to use them"
             )
         self.n = n
+        self.order = order
         self.run_dir = None if run_dir is None else str(run_dir)
         self._probe = probe
         self._pool = None if pool is None else list(pool)
+        self._units: dict[str, NeuronRecord] = {}  # pool units, without their excerpts
+        self._directions: dict[str, Any] = {}  # unit id -> unit-length direction
         self._found: dict[str, Found] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -158,7 +174,14 @@ class OtherUnitNegatives:
             from neuroscribe.rundir import RunDir
 
             assert self.run_dir is not None
-            self._pool = pool_from(RunDir(self.run_dir).records())
+            records = RunDir(self.run_dir).records()
+            self._pool = pool_from(records)
+            # Where each unit sits (layer, index, hook), for its direction; not its excerpts.
+            empty = {"most_positive_activation_records": [], "random_sample": []}
+            self._units = {
+                r.unit_id: r.model_copy(update={**empty, "random_sample_by_quantile": None})
+                for r in records
+            }
         return self._pool
 
     def probe(self) -> Any:
@@ -190,12 +213,42 @@ class OtherUnitNegatives:
                 self._found[record.unit_id] = await self._search(record, rng, threshold)
             return self._found[record.unit_id]
 
+    def _direction(self, record: NeuronRecord) -> Any:
+        if record.unit_id not in self._directions:
+            v = self.probe().direction(record)
+            self._directions[record.unit_id] = v / v.norm().clamp(min=1e-12)
+        return self._directions[record.unit_id]
+
+    def neighbours(
+        self, record: NeuronRecord, queue: list[Candidate]
+    ) -> tuple[list[Candidate], dict[str, float], str]:
+        """`queue` with the units whose directions are closest to `record`'s first (a
+        stable sort: equal ones keep their random order), their cosines, and the order
+        used ("random (why)" when a direction is not known)."""
+        try:
+            u = self._direction(record)
+            cos = {}
+            for c in queue:
+                other = self._units.get(c.unit_id)
+                if other is None:
+                    raise DataError(f"unit {c.unit_id} is not in the run's records")
+                cos[c.unit_id] = float(self._direction(other) @ u)
+        except (ConfigError, DataError) as e:
+            return queue, {}, f"random (no output direction: {e})"
+        return sorted(queue, key=lambda c: -cos[c.unit_id]), cos, "neighbours"
+
     async def _search(self, record: NeuronRecord, rng: random.Random, threshold: float) -> Found:
         pool = await asyncio.to_thread(self.pool)
-        queue = candidates_for(record, pool, rng)[: SEARCH_FACTOR * self.n]
+        queue = candidates_for(record, pool, rng)
+        cos: dict[str, float] = {}
+        order = "random"
+        if self.order == "neighbours" and queue:
+            queue, cos, order = await asyncio.to_thread(self.neighbours, record, queue)
+        queue = queue[: SEARCH_FACTOR * self.n]
         excerpts: list[Excerpt] = []
         anchors: dict[str, int] = {}
         rejected: list[str] = []
+        sources: list[str] = []  # the other unit of each negative
         probed = 0
         while queue and len(excerpts) < self.n:
             batch, queue = queue[: self.n], queue[self.n :]
@@ -209,13 +262,17 @@ class OtherUnitNegatives:
                     continue
                 x = _excerpt(c, list(a.tokens), list(a.activations))
                 excerpts.append(x)
+                sources.append(c.unit_id)
                 anchors[x.excerpt_id] = anchor_in(a.tokens, c)
         details = {
             "n_other_unit_negatives": len(excerpts),
             "n_other_probed": probed,
             "n_other_rejected": len(rejected),
             "other_units": [x.excerpt_id for x in excerpts],
+            "other_order": order,
         }
+        if cos:
+            details["other_cosines"] = [round(cos[u], 4) for u in sources]
         return Found(excerpts, anchors, details)
 
 
