@@ -133,11 +133,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16_000)
     ap.add_argument("--other", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--configs", default="plain,other", help="which to (re)score")
     args = ap.parse_args()
     base = Path(args.run)
     judge = judge_spec(args.judge)
     plain, other = base / "plain", base / "other"
-    for run in (plain, other):  # a rerun with another judge scores again from scratch
+    todo = {"plain": plain, "other": other}
+    todo = {k: v for k, v in todo.items() if k in args.configs.split(",")}
+    for run in todo.values():  # a rerun with another judge scores again from scratch
         for name in ("scores.jsonl", "failures.jsonl", "usage.jsonl"):
             (run / name).unlink(missing_ok=True)
     if not (plain / "manifest.json").exists():
@@ -147,10 +150,13 @@ def main() -> None:
         sh("explain", str(plain), "--explainer-method", "token-lookup", "--quiet")
         sh("explain", str(plain), "--explainer-method", "random", "--quiet")
         shutil.copytree(plain, other)
-    common = ["--scorer", "detection", "--simulator", judge, "--quiet"]
+    # --no-cache: a rerun must pay (and count) its prompts again, not read earlier answers.
+    common = ["--scorer", "detection", "--simulator", judge, "--quiet", "--no-cache"]
     common += ["--concurrency", str(args.concurrency)]
-    sh("score", str(plain), *common)
-    sh("score", str(other), *common, "--other-unit-negatives", str(args.other))
+    if "plain" in todo:
+        sh("score", str(plain), *common)
+    if "other" in todo:
+        sh("score", str(other), *common, "--other-unit-negatives", str(args.other))
 
     rows = [summarise(plain, "random + shared-token negatives"),
             summarise(other, f"+ {args.other} other-unit negatives")]  # fmt: skip
