@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -40,14 +41,8 @@ CLI = [str(ROOT / ".venv" / "bin" / "neuroscribe")]
 
 def sh(*args: str) -> None:
     t = time.perf_counter()
-    subprocess.run([*CLI, *args], check=True, env={"NO_COLOR": "1", **_env()})
+    subprocess.run([*CLI, *args], check=True, env={**os.environ, "NO_COLOR": "1"})
     print(f"  ({' '.join(args[:2])}: {time.perf_counter() - t:.0f} s)", file=sys.stderr)
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def judge_spec(name: str) -> str:
