@@ -157,12 +157,18 @@ class UnitProbe:
         the CPU, from the same loaded subject model as the activations."""
         from neuroscribe.scorer.output_side import unit_direction
 
+        ref, loaded, _, _, _ = self._load(record)
+        return unit_direction(loaded.model, record, ref).vector
+
+    def _load(self, record: NeuronRecord) -> tuple[Any, Any, Any, dict[str, Any], dict[str, Any]]:
+        """(subject ref, loaded model, run manifest, the record's unit entry, recording
+        config) of a record: the model in the dtype the run was recorded in."""
         ref = self.resolver.ref(record)
         _refuse_unknown_name(ref, record)
-        manifest, _, cfg = self._run_info(record)
+        manifest, entry, cfg = self._run_info(record)
         dtype = self.dtype or (manifest.subject.get("dtype") if manifest else None)
         loaded = self._loader(dtype or cfg.get("dtype") or RECORD_DTYPE).load(ref)
-        return unit_direction(loaded.model, record, ref).vector
+        return ref, loaded, manifest, entry, cfg
 
     # ------------------------------------------------------------------ finding the unit
 
@@ -174,11 +180,7 @@ class UnitProbe:
 
         if record.index is None:
             raise DataError(f"unit {record.unit_id} has no index")
-        ref = self.resolver.ref(record)
-        _refuse_unknown_name(ref, record)
-        manifest, entry, cfg = self._run_info(record)
-        dtype = self.dtype or (manifest.subject.get("dtype") if manifest else None)
-        loaded = self._loader(dtype or cfg.get("dtype") or RECORD_DTYPE).load(ref)
+        ref, loaded, manifest, entry, cfg = self._load(record)
         model = loaded.model
         kind, layer = _unit_kind(record)
         extra = record.model_extra or {}
