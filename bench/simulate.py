@@ -1,7 +1,8 @@
 """Benchmark: exact simulation on the embedded model, optimised vs naive vs the floor.
 
     .venv/bin/python bench/simulate.py [--excerpts 20] [--tokens 64] [--batch-size 8]
-        [--device cpu|cuda] [--model-dir DIR --random-weights]
+        [--device cpu|cuda] [--model-dir DIR --random-weights] [--prompt VERSION]
+        [--dtype bfloat16 --baseline-dtype float32]
 
 `--model-dir DIR --random-weights` times a model built from DIR's config.json with random
 weights (same shapes, so the same cost) where the embedded weights are not at hand.
@@ -64,6 +65,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16...")
+    parser.add_argument(
+        "--baseline-dtype",
+        default=None,
+        help="dtype of (b), the naive baseline (default: --dtype); e.g. float32 to time the "
+        "fast CPU setting (--dtype bfloat16 --prompt simulate-v1-compact) against today's path",
+    )
     parser.add_argument("--model-dir", default=None, help="instead of the embedded model")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument(
@@ -91,7 +98,10 @@ def main() -> None:
     fast = ExactSimulator(
         spec, loaded=loaded, batch_size=args.batch_size, prompt_version=args.prompt
     )
-    naive = ExactSimulator(spec, loaded=loaded, mode="naive")
+    base_loaded = loaded
+    if args.baseline_dtype not in (None, args.dtype) and not args.random_weights:
+        base_loaded = load_local_model(spec, device=args.device, dtype=args.baseline_dtype)
+    naive = ExactSimulator(spec, loaded=base_loaded, mode="naive")
     fast.simulate_sync(EXPLANATION, excerpts[:2])  # warm-up (allocator, kernels)
 
     start = time.perf_counter()
@@ -137,10 +147,12 @@ def main() -> None:
     print(f"(a)/(b) speed-up: {t_b / t_a:.2f}x  (target >= 3x)")
     print(f"(a) cost relative to (c): {t_a / t_c:.2f}x  (target <= 1.3x)")
     print(f"(a) includes building the prompt ids (CPU, tokenizer): {t_ids:.3f} s")
-    if args.prompt == "simulate-v1":
+    if base_loaded is not loaded:
+        print(f"(b) ran in {next(base_loaded.model.parameters()).dtype}")
+    if args.prompt == "simulate-v1" and base_loaded is loaded:
         print(f"max |expected(a) - expected(b)|: {diff:.2e}")
-    else:  # another prompt: other numbers by design, not a parity check
-        print(f"max |expected(a) - expected(b)| (different prompts): {diff:.2e}")
+    else:  # another prompt or dtype: other numbers by design, not a parity check
+        print(f"max |expected(a) - expected(b)| (different prompt or dtype): {diff:.2e}")
 
 
 if __name__ == "__main__":

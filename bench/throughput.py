@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/throughput.py [--units 16] [--repeats 3] [--tokens 16000]
         [--temperature T] [--explainer SPEC] [--simulator SPEC] [--concurrency 8]
-        [--prompt simulate-v1-compact] [--plain] [--memory 8,32]
+        [--prompt simulate-v1-compact] [--style summary] [--dtype bfloat16] [--plain]
+        [--memory 8,32]
 
 Each measurement runs in a fresh subprocess (so its peak memory is its own) on a fresh run
 directory: record `--units` MLP neurons (split over layers 4 and 20) of the embedded
@@ -50,10 +51,18 @@ def one_run(args: argparse.Namespace, units: int, run_dir: Path) -> dict:
     settings: dict = {}
     if args.temperature is not None:
         settings["temperature"] = args.temperature
+    if args.style is not None:
+        settings["prompt"] = args.style
+    explainer, simulator = args.explainer, args.simulator
+    if args.dtype is not None:
+        # The spec option, as a user gives it; recording keeps float32.
+        explainer, simulator = (
+            f"{s}?dtype={args.dtype}" if s.startswith("hf:") else s for s in (explainer, simulator)
+        )
     config = RunConfig.build(
         run_dir=run_dir,
-        explain={"model": args.explainer, "settings": settings},
-        score={"model": args.simulator, "prompt": args.prompt},
+        explain={"model": explainer, "settings": settings},
+        score={"model": simulator, "prompt": args.prompt},
         jobs={"concurrency": args.concurrency, "show_progress": False, "cache": False},
         record={"layers": layers, "units": per_layer, "tokens": args.tokens},
     )
@@ -97,7 +106,16 @@ def in_subprocess(args: argparse.Namespace, units: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="ns-throughput-") as tmp:
         run_dir = Path(args.keep) / f"run-{time.time_ns()}" if args.keep else Path(tmp) / "run"
         cmd = [sys.executable, __file__, "--child", str(units), "--run-dir", str(run_dir)]
-        for flag in ("tokens", "temperature", "explainer", "simulator", "concurrency", "prompt"):
+        for flag in (
+            "tokens",
+            "temperature",
+            "explainer",
+            "simulator",
+            "concurrency",
+            "prompt",
+            "style",
+            "dtype",
+        ):
             value = getattr(args, flag)
             if value is not None:
                 cmd += [f"--{flag}", str(value)]
@@ -117,6 +135,10 @@ def main() -> None:
     parser.add_argument("--simulator", default="hf:embedded")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prompt", default=None, help="simulation prompt version")
+    parser.add_argument("--style", default=None, help="explain prompt style (rows, summary...)")
+    parser.add_argument(
+        "--dtype", default=None, help="explainer and simulator dtype (e.g. bfloat16)"
+    )
     parser.add_argument(
         "--plain", action="store_true", help="local generation without batching or prefix cache"
     )

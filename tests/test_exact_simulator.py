@@ -251,6 +251,13 @@ def test_embedded_smollm2_exact_simulation():
         assert a.scale_max == 9
         assert a.expected == pytest.approx(b.expected, abs=1e-4)
         assert all(0.0 <= e <= 9.0 for e in a.expected)
+    # The fast CPU setting: bfloat16 weights from the spec, close to float32 but its own
+    # numbers (so its results are keyed by the spec, never mixed with float32 ones).
+    half = ExactSimulator("hf:embedded?dtype=bfloat16")
+    assert next(half.loaded.model.parameters()).dtype == torch.bfloat16
+    for a, b in zip(half.simulate_sync("the word cat", excerpts), fast, strict=True):
+        assert a.expected == pytest.approx(b.expected, abs=0.25)
+        assert a.expected != pytest.approx(b.expected, abs=1e-4)
 
 
 def test_parity_holds_for_a_gpt2_architecture(smol_tokenizer):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from neuroscribe.config import RunConfig
 from neuroscribe.embedded import embedded_model_dir
 from neuroscribe.errors import ConfigError
 from neuroscribe.llm import make_llm, unwrap
@@ -20,6 +21,7 @@ from neuroscribe.llm.local import (
     cut_at_stop,
     load_local_model,
     resolve_local_spec,
+    split_spec,
 )
 from neuroscribe.prompts import PromptTooLong
 
@@ -94,6 +96,27 @@ def test_a_folder_is_loaded_once_and_shared(tmp_path, tokenizer):
     assert LocalLLM(f"hf:{folder}", device="cpu").loaded is first
     with pytest.raises(ConfigError, match="dtype"):
         load_local_model(f"hf:{folder}", device="cpu", dtype="int3")
+
+
+def test_a_spec_carries_its_dtype_to_every_loader(tmp_path, tokenizer):
+    folder = tmp_path / "tiny-model"
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    spec = f"hf:{folder}?dtype=bfloat16"
+    assert resolve_local_spec(spec) == str(folder.resolve())
+    half = load_local_model(spec, device="cpu")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert load_local_model(f"hf:{folder}", device="cpu") is not half  # float32: its own copy
+    assert LocalLLM(spec).loaded is half  # what `--explainer`/`--simulator` build
+    assert split_spec("hf:embedded?dtype=float32&device=cpu") == (
+        "hf:embedded",
+        {"dtype": "float32", "device": "cpu"},
+    )
+    for bad in ("?dtype=int3", "?dtyp=bfloat16", "?dtype", "?dtype=float32&dtype=float32"):
+        with pytest.raises(ConfigError, match="dtype"):
+            split_spec("hf:embedded" + bad)
+    with pytest.raises(ConfigError, match="dtyp=bfloat16"):  # caught when the config is made
+        RunConfig.build(score={"model": "hf:embedded?dtyp=bfloat16"})
 
 
 def test_a_missing_hub_model_is_a_config_error(monkeypatch):

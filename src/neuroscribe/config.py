@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from neuroscribe.errors import ConfigError
 from neuroscribe.explainer.best_of_k import SelectConfig
 from neuroscribe.explainer.token_rows import ExplainerConfig
-from neuroscribe.llm.base import EMBEDDED_SPEC
+from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX
 from neuroscribe.splits import SplitConfig
 
 
@@ -49,6 +49,13 @@ def _spec(v: str) -> str:
     v = v.strip()
     if not v:
         raise ValueError("a model spec cannot be empty")
+    if v.startswith(LOCAL_PREFIX):
+        from neuroscribe.llm.local import split_spec
+
+        try:
+            split_spec(v)  # a misspelt `?dtype=` fails when the config is made
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
     return v
 
 

@@ -34,7 +34,9 @@ ExplainerOpt = Annotated[
     typer.Option(
         "--explainer",
         help="Explainer model: a name served by --base-url (e.g. gpt-4o-mini), "
-        "or hf:<hub id or folder> for a local transformers model, hf:embedded for SmolLM2.",
+        "or hf:<hub id or folder> for a local transformers model, hf:embedded for SmolLM2; "
+        "a local spec may end in ?dtype=bfloat16 (faster on CPUs with bf16 units, scores "
+        "differ slightly; quote it in the shell).",
     ),
 ]
 ExplainerMethodOpt = Annotated[

@@ -1,7 +1,9 @@
 """The local backend: a `transformers` causal LM behind the `LLM` interface.
 
 Named `hf:<hub id or folder>` (`hf:embedded` is the embedded SmolLM2; `hf:<file>.gguf` a GGUF
-file, converted once to a cached safetensors folder). A model is loaded
+file, converted once to a cached safetensors folder), optionally with `?dtype=bfloat16`
+and/or `?device=cuda:1` after it (`split_spec`): the options are part of the spec, so
+they reach every stage, Ray worker and result key that names the model. A model is loaded
 once per (path, device, dtype) into a `ModelStore` and shared, so an explainer and an
 exact simulator that name the same spec use one copy of the weights (`DEFAULT_STORE`
 is the process's; pass `store=` for another, `clear()` to free the weights). Torch work
@@ -34,12 +36,41 @@ from neuroscribe.schema import Usage
 log = logging.getLogger(__name__)
 
 
+# Options a local spec may carry after `?` (`hf:embedded?dtype=bfloat16&device=cpu`).
+SPEC_OPTIONS = ("dtype", "device")
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """A local spec's model part and its options: `hf:x?dtype=bfloat16` →
+    (`hf:x`, {"dtype": "bfloat16"}). Unknown or malformed options are a ConfigError, so
+    a typo does not silently load the default precision."""
+    base, sep, query = spec.partition("?")
+    if not sep:
+        return spec, {}
+    options: dict[str, str] = {}
+    for part in query.split("&"):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or not value or key not in SPEC_OPTIONS or key in options:
+            raise ConfigError(
+                f"bad option {part!r} in model spec {spec!r}: local specs take "
+                + ", ".join(f"?{k}=..." for k in SPEC_OPTIONS)
+                + " once each, joined by &"
+            )
+        options[key] = value
+    if "dtype" in options:
+        _torch_dtype(options["dtype"], "cpu")  # an unknown dtype fails here, not at load
+    return base.strip(), options
+
+
 def resolve_local_spec(spec: str) -> str:
     """The folder or hub id a local spec names: `hf:embedded` → the embedded model's folder,
     `hf:<file>.gguf` → the cached safetensors folder that GGUF file converts to.
 
     A bare name is never local (it names a model on the API endpoint), so it is refused.
+    Options after `?` (`split_spec`) do not change the folder.
     """
+    if spec.startswith(LOCAL_PREFIX):
+        spec = split_spec(spec)[0]
     if not spec.startswith(LOCAL_PREFIX):
         raise ConfigError(
             f"{spec!r} is not a local model spec; local models are named hf:<hub id or folder> "
@@ -131,10 +162,12 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def load(self, spec: str, *, device: str | None = None, dtype: str | None = None) -> LocalModel:
-        """The model a `hf:` spec names, loaded on first use."""
+        """The model a `hf:` spec names, loaded on first use (arguments before the spec's
+        own `?dtype=`/`?device=` options, then the defaults)."""
         path = resolve_local_spec(spec)
-        device = device or default_device()
-        torch_dtype = _torch_dtype(dtype, device)
+        options = split_spec(spec)[1]
+        device = device or options.get("device") or default_device()
+        torch_dtype = _torch_dtype(dtype or options.get("dtype"), device)
         key = (path, device, str(torch_dtype))
         with self._lock:
             if key not in self._models:
