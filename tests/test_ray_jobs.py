@@ -590,3 +590,36 @@ def test_one_rpm_holds_across_all_workers(tmp_path, ray_local):
     for i, t in enumerate(times, start=1):
         assert i <= rpm + (t - times[0]) * rpm / 60 + 1, (i, t - times[0])
     assert times[-1] - times[0] >= (n - rpm - 1) * 60 / rpm  # two buckets would take ~0 s
+
+
+@pytest.mark.slow
+def test_a_service_started_with_ray_runs_its_jobs_on_the_cluster(tmp_path, ray_local):
+    """`neuroscribe serve --ray ADDRESS`: a job posted as to any server runs its items on
+    the cluster's workers, writes the lines one process writes, and leaves the connection
+    (the server's, here the test's) open for the next job."""
+    from fastapi.testclient import TestClient
+
+    from neuroscribe.service import ServiceConfig, create_app
+
+    root = tmp_path / "root"
+    one = make_run(tmp_path / "one", 4)
+    make_run(root / "a", 4)
+    api.run(config(one, "stampfake:x"))
+    ray_local["stamps"].write_text("")  # from here on: the service's job's calls only
+    body = json.loads(json.dumps(CONFIG))
+    body["explain"]["model"] = body["score"]["model"] = "stampfake:x"
+    cfg = ServiceConfig(root=root, rate_limit=0, ray="auto", ray_workers=2)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1") as c:
+        job = c.post("/v1/jobs", json={"run": "a", "config": body}).json()
+        deadline = time.monotonic() + 120
+        while job["state"] not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+            job = c.get(f"/v1/jobs/{job['id']}").json()
+    assert job["state"] == "done", job["error"]
+    assert job["config"]["jobs"]["ray"] is None  # the server's setting, not the job's
+    callers = {line.split()[0] for line in ray_local["stamps"].read_text().splitlines()}
+    # Every model call came from the workers (2 per stage), none from the server's process.
+    assert str(os.getpid()) not in callers and len(callers) >= 2
+    assert lines(one) == lines(root / "a")
+    assert ray_local["ray"].is_initialized()

@@ -371,6 +371,11 @@ def test_bad_ids_paths_and_bodies_are_clear_4xx(svc):
     assert_clean_error(r, 422, "bogus")
     r = svc.post("/v1/jobs", json={"run": "a", "config": config(jobs={"prices": "/etc/passwd"})})
     assert_clean_error(r, 422, "prices")
+    # Where jobs run is the server's choice: no client points it at a cluster.
+    r = svc.post("/v1/jobs", json={"run": "a", "config": config(jobs={"ray": "10.0.0.9:6379"})})
+    assert_clean_error(r, 422, "jobs.ray", "--ray")
+    r = svc.post("/v1/jobs", json={"run": "a", "config": config(jobs={"ray_workers": 4})})
+    assert_clean_error(r, 422, "ray_workers", "without --ray")
     assert_clean_error(svc.post("/v1/jobs", json={"run": "a", "stages": "all"}), 422, "stages")
     assert_clean_error(svc.post("/v1/jobs", json={"run": "new", "stages": "explain"}), 404)
     assert svc.get("/v1/nothing").status_code == 404
@@ -435,6 +440,16 @@ def test_a_token_is_required_on_every_route_when_set(root):
         assert "SameSite=Strict" in r.headers["set-cookie"]
         assert c.get("/v1/jobs").status_code == 200  # the cookie now rides along
         assert c.get("/?token=nope", follow_redirects=False).status_code in (200, 401)
+
+
+def test_ray_options_are_checked_before_the_server_takes_its_root(root):
+    from neuroscribe.service.app import Service
+
+    with pytest.raises(ConfigError, match="--ray-workers needs --ray"):
+        Service(ServiceConfig(root=root, ray_workers=2))
+    with pytest.raises(ConfigError, match="positive integer"):
+        Service(ServiceConfig(root=root, ray="local:none"))
+    Service(ServiceConfig(root=root)).close()  # the root was not left locked
 
 
 def test_binding_beyond_loopback_needs_a_token():

@@ -276,12 +276,22 @@ def serve_cmd(
     rate_limit: float = typer.Option(
         50.0, "--rate-limit", min=0, help="Requests per second per client (0: no limit)."
     ),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        help="Run every job's explain/score items on this Ray cluster: auto, local, "
+        "local:N or HOST:PORT (as `run --ray`).",
+    ),
+    ray_workers: int | None = typer.Option(
+        None, "--ray-workers", min=1, help="Ray actors per job stage (default: as `run --ray`)."
+    ),
 ) -> None:
     """Start the service (HTTP API + browser UI over the runs in --root), or serve one
     run's report over HTTP on 127.0.0.1 (`serve RUN`)."""
     if run is not None:
         service_flags = {"--root": root is not None, "--token": token is not None,
-                         "--token-file": token_file is not None, "--host": host != "127.0.0.1"}  # fmt: skip
+                         "--token-file": token_file is not None, "--host": host != "127.0.0.1",
+                         "--ray": ray is not None, "--ray-workers": ray_workers is not None}  # fmt: skip
         given = [flag for flag, on in service_flags.items() if on]
         if given:
             raise ConfigError(
@@ -311,6 +321,8 @@ def serve_cmd(
         max_jobs=max_jobs,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit=rate_limit,
+        ray=ray,
+        ray_workers=ray_workers,
     )
     serve(cfg, announce=lambda line: console.print(line, markup=False, highlight=False))
 

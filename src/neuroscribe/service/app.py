@@ -84,6 +84,10 @@ class ServiceConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     rate_limit: float = 50.0  # requests per second per client (bursts of twice that); 0: off
     allowed_hosts: set[str] | None = field(default=None)  # None: loopback names if loopback
+    # `--ray ADDRESS` (auto, local, local:N, HOST:PORT): jobs' explain/score items run on
+    # that Ray cluster, connected once for the server's life; `--ray-workers N` per job.
+    ray: str | None = None
+    ray_workers: int | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +119,13 @@ class Service:
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
+        if cfg.ray_workers is not None and cfg.ray is None:
+            raise ConfigError("--ray-workers needs --ray ADDRESS (the cluster to run on)")
+        if cfg.ray is not None:
+            from neuroscribe.distributed.cluster import import_ray, parse_address
+
+            parse_address(cfg.ray)  # a bad address or a missing extra: an error now
+            import_ray()
         self.root = Path(cfg.root).resolve()
         if not self.root.is_dir():
             raise ConfigError(f"--root {cfg.root}: no such folder")
@@ -136,13 +147,23 @@ class Service:
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
         self.store = JobStore(home / "jobs.sqlite")
-        self.scheduler = Scheduler(self.root, self.store, max_jobs=cfg.max_jobs)
+        self.scheduler = Scheduler(
+            self.root, self.store, max_jobs=cfg.max_jobs, ray=cfg.ray, ray_workers=cfg.ray_workers
+        )
+        self._ray: Any = None  # the open connection's context manager, with --ray
         self.results = R.ResultCache()
         self.create_lock = threading.Lock()  # one "is this run free?" check at a time
         self.started = False
 
     def start(self) -> None:
         if not self.started:
+            if self.cfg.ray is not None:
+                # One connection for the server's life: each job's stages find it open
+                # (ray_cluster keeps an existing one), so no job's end disconnects another.
+                from neuroscribe.distributed.cluster import ray_cluster
+
+                self._ray = ray_cluster(self.cfg.ray)
+                self._ray.__enter__()
             self.started = True
             resumed = self.scheduler.start()
             if resumed:
@@ -151,6 +172,9 @@ class Service:
     def close(self) -> None:
         if self.started:
             self.scheduler.stop()
+        if self._ray is not None:
+            self._ray.__exit__(None, None, None)
+            self._ray = None
         self.store.close()
         self._lock_file.close()
 
@@ -514,6 +538,16 @@ def create_app(cfg: ServiceConfig, service: Service | None = None) -> FastAPI:
         if secret is not None:
             SECRETS.add(secret.get_secret_value())
         rc = build_config(path, config, secret)
+        if rc.jobs.ray is not None:
+            raise ConfigError(
+                "config.jobs.ray: where jobs run is the server's choice (`neuroscribe serve "
+                "--ray ADDRESS`); leave it out"
+            )
+        if rc.jobs.ray_workers is not None and s.cfg.ray is None:
+            raise ConfigError(
+                "config.jobs.ray_workers: this server runs jobs in its own process (it was "
+                "started without --ray)"
+            )
         if rc.jobs.prices is not None:
             prices = (s.root / rc.jobs.prices).resolve()
             if not prices.is_relative_to(s.root) or not prices.is_file():

@@ -67,10 +67,22 @@ def score_stage_name(config: Any) -> str:
 
 
 class Scheduler:
-    def __init__(self, root: Path, store: JobStore, *, max_jobs: int = 2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: JobStore,
+        *,
+        max_jobs: int = 2,
+        ray: str | None = None,
+        ray_workers: int | None = None,
+    ) -> None:
         self.root = root
         self.store = store
         self.max_jobs = max(1, max_jobs)
+        # `serve --ray ADDRESS`: every job's explain/score items go to that cluster (the
+        # server's choice, never a client's: a posted config naming a cluster is refused).
+        self.ray = ray
+        self.ray_workers = ray_workers
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="neuroscribe-scheduler",
                                         daemon=True)  # fmt: skip
@@ -201,6 +213,11 @@ class Scheduler:
             run_dir = self.root / job["run"]
             try:
                 config = build_config(run_dir, job["config"], self._keys.get(job_id))
+                if self.ray is not None:
+                    # Set when the job runs, not stored: a server restarted without --ray
+                    # resumes it in process, to the same lines.
+                    config.jobs.ray = self.ray
+                    config.jobs.ray_workers = config.jobs.ray_workers or self.ray_workers
             except NeuroscribeError as e:
                 self.store.set_state(job_id, "failed", error=str(e))
                 return
