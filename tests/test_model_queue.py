@@ -18,6 +18,7 @@ import pytest
 from neuroscribe.llm.local import LocalModel, queued_for_model, run_on_model
 
 
+@pytest.mark.slow  # seconds of real waiting: runs in CI's full suite
 def test_a_busy_model_leaves_the_loop_threads_free_and_runs_one_call_at_a_time():
     loaded = LocalModel(path="x", model=None, tokenizer=None, device="cpu")
     running, most = 0, 0

@@ -88,6 +88,7 @@ def test_study_needs_the_reference_scores(tmp_path):
         study_scorers(run.load())
 
 
+@pytest.mark.slow  # seconds of real waiting: runs in CI's full suite
 def test_the_study_command_writes_markdown_html_plot_and_json(tmp_path):
     from _cli import run_cli
 

@@ -288,6 +288,7 @@ def test_single_explain_simulate_and_score_calls(svc):
     )
 
 
+@pytest.mark.slow  # seconds of real waiting: runs in CI's full suite
 def test_single_calls_stay_fast_while_a_job_keeps_its_loop_busy(root):
     # The job's model holds its event loop 0.2 s per call (CPU-bound work on a loop);
     # single calls have their own loop, so they answer at once meanwhile.
@@ -564,6 +565,7 @@ def _body(rng: random.Random, path: str):
     return _value(rng)
 
 
+@pytest.mark.slow  # seconds of real waiting: runs in CI's full suite
 def test_fuzz_random_and_hostile_requests_never_give_a_500(svc, root):
     wait(svc, start(svc)["id"])
     doc = svc.get("/v1/openapi.json").json()
