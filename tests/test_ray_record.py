@@ -244,6 +244,31 @@ def test_worker_plan_defaults():
         plan_workers(_fake_ray(8, 0, [8]), RecordConfig(ray="x", device="cuda"))
 
 
+def test_a_rerun_resumes_only_checkpoints_it_can_use(tmp_path, caplog):
+    from neuroscribe.datasets.record import RecordConfig
+    from neuroscribe.distributed.record import _resume_workers, shard_checkpoint
+
+    cfg = RecordConfig(ray="x", device="cpu")
+    h = cfg.result_hash()
+
+    def make(n: int, chash: str = h) -> None:
+        for rank in range(n):
+            shard_checkpoint(tmp_path, rank, n, chash, done=rank == 0).write_bytes(b"state")
+
+    assert _resume_workers(tmp_path, cfg, restart=False) is None  # nothing to resume
+    make(3)
+    assert _resume_workers(tmp_path, cfg, restart=False) == 3  # no count given: theirs
+    assert _resume_workers(tmp_path, cfg.model_copy(update={"ray_workers": 3}), False) == 3
+    # Another explicit count shards the stream otherwise: start over, saying so.
+    assert _resume_workers(tmp_path, cfg.model_copy(update={"ray_workers": 2}), False) is None
+    assert "not used by 2 workers" in caplog.text and not list(tmp_path.iterdir())
+    make(3, chash="0" * 16)  # a recording with other options
+    with pytest.raises(ConfigError, match=r"other options.*--restart"):
+        _resume_workers(tmp_path, cfg, restart=False)
+    assert _resume_workers(tmp_path, cfg, restart=True) is None
+    assert not list(tmp_path.iterdir())
+
+
 def test_ray_options_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="--ray-workers needs --ray"):
         record_run(tmp_path / "run", ray_workers=2)
@@ -406,3 +431,73 @@ def test_cli_ray_flag(tmp_path, ray_local, model_dir):
     assert st["workers"] == 2
     bad = run_cli(*args, "--out", str(tmp_path / "bad"), "--ray-workers", "2", check=False)
     assert bad.returncode == 1 and "--ray-workers needs --ray" in bad.stderr
+
+
+@pytest.mark.slow  # a local Ray cluster, a driver killed mid-recording, then resumed: ~30 s
+def test_a_killed_distributed_recording_resumes_to_the_records_of_one_process(
+    tmp_path, ray_local, model_dir
+):
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from neuroscribe.distributed.record import shard_checkpoints
+
+    rng = random.Random(0)
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "42",
+        "dogs",
+        "(",
+        "barked",
+        ")",
+        "at",
+        "[",
+        "night",
+        "]",
+        "and",
+        "day",
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "\n".join(json.dumps({"text": " ".join(rng.choices(words, k=200))}) for _ in range(400))
+    )
+    opts = {**SMALL, "max_tokens": 60_000, "corpus": str(corpus)}
+    out = tmp_path / "ray"
+    address = ray_local.get_runtime_context().gcs_address
+    code = (
+        "from neuroscribe.datasets.record import record_run; "
+        f"record_run({str(out)!r}, model={str(model_dir)!r}, ray={address!r}, "
+        f"ray_workers=3, checkpoint_every=1, checkpoint_seconds=0, **{opts!r})"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    folder = out / CHECKPOINT_DIR
+    deadline = time.monotonic() + 120
+    while not any(not done for *_, done in shard_checkpoints(folder)):
+        assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
+        assert time.monotonic() < deadline, "no shard checkpointed in time"
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few more batches
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    left = shard_checkpoints(folder)
+    assert left and {n for _, _, n, _, _ in left} == {3}
+    assert not (out / "manifest.json").exists()
+
+    # The same command, without a worker count: the checkpoints' three workers resume.
+    summary = record_run(out, model=str(model_dir), ray="local:2", **opts)
+    st = RunManifest.model_validate_json((out / "manifest.json").read_text()).stages["record"]
+    resumed = st["ray"]["resumed"]
+    assert st["workers"] == 3 and resumed["finished_shards"] + resumed["batches"] > 0, resumed
+    assert summary.n_tokens == opts["max_tokens"]
+    assert not folder.exists()  # removed with the records written
+    plain = record_run(tmp_path / "plain", model=str(model_dir), **opts)
+    assert plain.n_excerpts == summary.n_excerpts
+    _compare(tmp_path / "plain", out)

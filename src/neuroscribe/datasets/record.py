@@ -292,6 +292,7 @@ def _stream(
     recon: list[ReconStats | None],
     *,
     shard: tuple[int, int] | None = None,
+    skip_batches: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Run the subject over the corpus and feed the collector, batch by batch.
@@ -300,7 +301,8 @@ def _stream(
     checkpoint). As shard (rank, n) of a distributed recording it takes the batches
     rank, rank + n, rank + 2n, ... of the one stream a single process would cut, with
     their global excerpt ids: the same batches, so the same activations, and together
-    the n shards cover every excerpt once, `max_tokens` included.
+    the n shards cover every excerpt once, `max_tokens` included; a resumed shard skips
+    the first `skip_batches` of its batches (its checkpoint holds them).
     `on_batch(i)` runs after the i-th batch this call recorded (1, 2, ...).
     """
     subject, prefix = setup.subject, setup.prefix
@@ -315,11 +317,15 @@ def _stream(
         windows = itertools.islice(windows, collector.n_excerpts, None)
     capture = Capture(subject.model, setup.sources, recon=recon, skip_prefix=len(prefix))
     done = 0
+    own = 0  # this shard's batches seen, skipped ones included
     with capture:
         for b, batch in enumerate(batched(windows, cfg.batch_size)):
             first_id = None
             if shard is not None:
                 if b % shard[1] != shard[0]:
+                    continue
+                own += 1
+                if own <= skip_batches:
                     continue
                 first_id = b * cfg.batch_size  # every earlier batch is full
             ids, mask, valid = make_batch(batch, prefix, cfg.excerpt_len, setup.pad_id)
@@ -553,14 +559,21 @@ def _recon_stats(s: UnitSource) -> ReconStats | None:
 
 
 def _save_checkpoint(
-    path: Path, chash: str, collector: Collector, recon: list[ReconStats | None]
+    path: Path,
+    chash: str,
+    collector: Collector,
+    recon: list[ReconStats | None],
+    **extra: Any,
 ) -> None:
+    """Write the collector's state atomically (a kill mid-write leaves the last one);
+    `extra` goes with it (a distributed shard's rank, batches done, ...)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     state = {
         "config_hash": chash,
         "collector": collector.state_dict(),
         "recon": [None if r is None else r.state_dict() for r in recon],
+        **extra,
     }
     torch.save(state, tmp)
     os.replace(tmp, path)

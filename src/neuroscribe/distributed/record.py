@@ -27,14 +27,22 @@ manifest. Model, SAE and corpus paths must be readable on every worker (a shared
 system, or Hub ids), and neuroscribe must be installed there.
 
 A failed shard stops the job with a `ShardError` that names it; the other shards are
-cancelled and nothing is written. A distributed recording does not checkpoint: a rerun
-starts over (the result is the same).
+cancelled and no records are written. Each shard checkpoints as one process does (every
+`checkpoint_every` batches, at least `checkpoint_seconds` apart) into the run's checkpoint
+folder, `shard-R-of-N-HASH.part.pt`, and writes `...done.pt` when it ends. Rerunning the
+same command resumes: finished shards are read back by the driver, unfinished ones restart
+on a worker from their last checkpoint, skipping the batches it holds, so the records are
+those of an uninterrupted run. Without `--ray-workers` a rerun uses the checkpoints'
+worker count; another explicit count, or `--restart`, starts over. Checkpoints from
+workers on other machines need the run directory on a shared file system; a worker that
+cannot write its checkpoint goes on without one (with a warning).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -54,13 +62,14 @@ from neuroscribe.datasets.record import (
     _n_units,
     _new_collector,
     _recon_stats,
+    _save_checkpoint,
     _Setup,
     _setup,
     _stream,
 )
 from neuroscribe.datasets.sae import ReconStats
 from neuroscribe.distributed.cluster import import_ray, parse_address, ray_cluster
-from neuroscribe.errors import ConfigError, NeuroscribeError
+from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
 from neuroscribe.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -104,10 +113,76 @@ def plan_workers(ray: Any, cfg: RecordConfig) -> WorkerPlan:
     return WorkerPlan(n, device, num_cpus=max(1, min(cpus // n, per_node)), num_gpus=0)
 
 
+# ---------------------------------------------------------------- shard checkpoints
+
+_SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)-([0-9a-f]+)\.(part|done)\.pt$")
+
+
+def shard_checkpoint(folder: Path, rank: int, n: int, chash: str, *, done: bool) -> Path:
+    """Where shard `rank` of `n` of the recording `chash` keeps its state."""
+    return folder / f"shard-{rank}-of-{n}-{chash}.{'done' if done else 'part'}.pt"
+
+
+def shard_checkpoints(folder: Path) -> list[tuple[Path, int, int, str, bool]]:
+    """(path, rank, n, config hash, finished) of every shard checkpoint in `folder`."""
+    out = []
+    for path in sorted(folder.glob("shard-*.pt")) if folder.is_dir() else []:
+        m = _SHARD_FILE.match(path.name)
+        if m:
+            out.append((path, int(m[1]), int(m[2]), m[3], m[4] == "done"))
+    return out
+
+
+def _load_shard(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # a truncated pickle raises several types
+        raise DataError(f"{path}: unreadable checkpoint ({e}); rerun with --restart") from None
+
+
+def _resume_workers(folder: Path, cfg: RecordConfig, restart: bool) -> int | None:
+    """The worker count of the checkpoints a rerun resumes (None: none to resume), after
+    removing the ones it cannot use (`--restart`, another explicit `--ray-workers`)."""
+    found = shard_checkpoints(folder)
+    if restart:
+        for path, *_ in found:
+            path.unlink(missing_ok=True)
+        return None
+    chash = cfg.result_hash()
+    if any(h != chash for _, _, _, h, _ in found):
+        raise ConfigError(
+            f"{folder} holds checkpoints of a recording with other options; rerun with the "
+            "same options to resume, or with --restart to start over"
+        )
+    counts = {n for _, _, n, _, _ in found}
+    if not counts:
+        return None
+    if len(counts) == 1 and (cfg.ray_workers is None or cfg.ray_workers in counts):
+        return counts.pop()
+    log.warning(
+        "%s: checkpoints of %s workers are not used by %s workers: starting over",
+        folder,
+        " and ".join(str(c) for c in sorted(counts)),
+        cfg.ray_workers,
+    )
+    for path, *_ in found:
+        path.unlink(missing_ok=True)
+    return None
+
+
 def record_shard(
-    config: dict[str, Any], rank: int, n: int, device: str, threads: int, hook_given: bool
+    config: dict[str, Any],
+    rank: int,
+    n: int,
+    device: str,
+    threads: int,
+    hook_given: bool,
+    checkpoint_dir: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Record shard `rank` of `n` (runs on a worker): (a small status, the mergeable state)."""
+    """Record shard `rank` of `n` (runs on a worker): (a small status, the mergeable state).
+
+    With `checkpoint_dir` it resumes from its own checkpoint there and saves one on the
+    single-process cadence, then its final state (`...done.pt`)."""
     if device == "cpu":
         torch.set_num_threads(threads)
     cfg = RecordConfig.model_validate(config)
@@ -115,9 +190,48 @@ def record_shard(
     setup = _setup(cfg, device=device, hook_given=hook_given)
     collector = _new_collector(cfg, setup)
     recon = [_recon_stats(s) for s in setup.sources]
-    _stream(setup, cfg, collector, recon, shard=(rank, n))
+    chash = cfg.result_hash()
+    part = done_path = None
+    resumed = 0
+    if checkpoint_dir is not None:
+        folder = Path(checkpoint_dir)
+        part = shard_checkpoint(folder, rank, n, chash, done=False)
+        done_path = shard_checkpoint(folder, rank, n, chash, done=True)
+        if part.exists():
+            state = _load_shard(part)
+            collector.load_state_dict(state["collector"])
+            for r, saved in zip(recon, state.get("recon") or [], strict=False):
+                if r is not None and saved is not None:
+                    r.load_state_dict(saved)
+            resumed = int(state["batches"])
+    last = [0, time.perf_counter()]  # (batch, time) of the last checkpoint
+
+    def save(path: Path, batches: int) -> bool:
+        try:
+            _save_checkpoint(path, chash, collector, recon, rank=rank, n=n, batches=batches,
+                             device=str(setup.subject.device), host=socket.gethostname(),
+                             excerpts=collector.n_excerpts, tokens=collector.n_tokens)  # fmt: skip
+            return True
+        except OSError as e:
+            log.warning("shard %d/%d: cannot write its checkpoint %s (%s): going on "
+                        "without one", rank, n, path, e)  # fmt: skip
+            return False
+
+    def on_batch(nb: int) -> None:
+        nonlocal part
+        due = nb - last[0] >= cfg.checkpoint_every
+        if part is not None and due and time.perf_counter() - last[1] >= cfg.checkpoint_seconds:
+            if not save(part, resumed + nb):
+                part = None
+            last[:] = [nb, time.perf_counter()]
+
+    partial = part
+    _stream(setup, cfg, collector, recon, shard=(rank, n), skip_batches=resumed, on_batch=on_batch)
+    if done_path is not None and partial is not None and save(done_path, -1):
+        partial.unlink(missing_ok=True)  # the finished state replaces it
     status = {
         "rank": rank,
+        "resumed_batches": resumed,
         "excerpts": collector.n_excerpts,
         "tokens": collector.n_tokens,
         "seconds": time.perf_counter() - t0,
@@ -157,11 +271,18 @@ def record_distributed(
         log.warning("%s: a distributed recording starts over; the checkpoint is not used", ckpt)
         if restart:
             ckpt.unlink()
+    folder = ckpt.parent.resolve()  # absolute: the workers' working folders differ
 
     t0 = time.perf_counter()
     with ray_cluster(cfg.ray) as ray:
-        plan = plan_workers(ray, cfg)
-        collector, recon, statuses = _run_shards(ray, cfg, plan, hook_given, setup, progress)
+        resume_n = _resume_workers(folder, cfg, restart)
+        if resume_n is not None and cfg.ray_workers is None:
+            plan = plan_workers(ray, cfg.model_copy(update={"ray_workers": resume_n}))
+        else:
+            plan = plan_workers(ray, cfg)
+        collector, recon, statuses = _run_shards(
+            ray, cfg, plan, hook_given, setup, progress, folder
+        )
     t1 = time.perf_counter()
     devices = sorted({s["device"] for s in statuses})
     _finish(
@@ -184,6 +305,11 @@ def record_distributed(
                 "gpus_per_worker": plan.num_gpus,
                 "hosts": sorted({s["host"] for s in statuses}),
                 "sharding": f"batch b of {cfg.batch_size} excerpts -> worker b mod {plan.workers}",
+                # What a rerun took from the checkpoints of an interrupted one.
+                "resumed": {
+                    "finished_shards": sum(bool(s.get("from_checkpoint")) for s in statuses),
+                    "batches": sum(s.get("resumed_batches", 0) for s in statuses),
+                },
             },
         },
     )
@@ -206,12 +332,30 @@ def _run_shards(
     hook_given: bool,
     setup: _Setup,
     progress: Callable[[RecordProgress], None] | None,
+    folder: Path | None = None,
 ) -> tuple[Collector, list[ReconStats | None], list[dict[str, Any]]]:
-    """Start the shards, wait for all, merge their states in shard order."""
+    """Start the shards (those a checkpoint in `folder` says are finished are read back
+    instead), wait for all, merge their states in shard order."""
     n = plan.workers
     task = ray.remote(record_shard)
-    status_refs, state_refs = [], []
+    chash = cfg.result_hash()
+    status_refs: list[Any] = []
+    state_refs: list[Any] = []  # a Ray ref, or a finished shard's state read from disk
+    statuses: list[dict[str, Any]] = [{} for _ in range(n)]
+    done = [0, 0, 0]  # batches (shards here), excerpts, tokens
     for rank in range(n):
+        finished = None if folder is None else shard_checkpoint(folder, rank, n, chash, done=True)
+        if finished is not None and finished.exists():
+            state = _load_shard(finished)
+            statuses[rank] = {
+                "rank": rank, "excerpts": state["excerpts"], "tokens": state["tokens"],
+                "seconds": 0.0, "cpu_seconds": 0.0, "device": state["device"],
+                "host": state["host"], "pid": None, "from_checkpoint": True,
+            }  # fmt: skip
+            log.info("shard %d/%d: finished before, read from %s", rank, n, finished)
+            state_refs.append(state)
+            done = [done[0] + 1, done[1] + state["excerpts"], done[2] + state["tokens"]]
+            continue
         status_ref, state_ref = task.options(
             num_returns=2,
             num_cpus=plan.num_cpus,
@@ -219,13 +363,21 @@ def _run_shards(
             # A shard that fails fails the job: no silent re-runs of a crashed worker.
             max_retries=0,
             name=f"neuroscribe-record-shard-{rank}-of-{n}",
-        ).remote(cfg.model_dump(), rank, n, plan.device, plan.num_cpus, hook_given)
-        status_refs.append(status_ref)
+        ).remote(
+            cfg.model_dump(),
+            rank,
+            n,
+            plan.device,
+            plan.num_cpus,
+            hook_given,
+            None if folder is None else str(folder),
+        )
+        status_refs.append((status_ref, rank))
         state_refs.append(state_ref)
 
-    pending = dict(zip(status_refs, range(n), strict=True))
-    statuses: list[dict[str, Any]] = [{} for _ in range(n)]
-    done = [0, 0, 0]  # batches (shards here), excerpts, tokens
+    pending = dict(status_refs)
+    if progress is not None and done[0]:
+        progress(RecordProgress(done[0], done[1], done[2], cfg.max_tokens))
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -254,10 +406,13 @@ def _run_shards(
         merged: Collector | None = None
         recon = [_recon_stats(s) for s in setup.sources]
         for rank in range(n):
-            try:
-                state = ray.get(state_refs[rank])
-            except ray.exceptions.RayError as e:  # e.g. its node died after the shard ended
-                raise _shard_error(ray, e, rank, n, cfg) from None
+            if isinstance(state_refs[rank], dict):  # read from its checkpoint
+                state = state_refs[rank]
+            else:
+                try:
+                    state = ray.get(state_refs[rank])
+                except ray.exceptions.RayError as e:  # e.g. its node died after it ended
+                    raise _shard_error(ray, e, rank, n, cfg) from None
             state_refs[rank] = None  # let the object store free it
             part = Collector.from_state_dict(state["collector"])
             if merged is None:
