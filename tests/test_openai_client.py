@@ -163,7 +163,8 @@ def test_probe_reports_capabilities_once(llama_server):
     assert result["prompt_logprobs"] is False
     # llama.cpp takes a schema only inside json_object, not OpenAI's json_schema type.
     assert result["json_schema"] is False
-    assert set(result["errors"]) == {"json_schema"}
+    assert set(result["errors"]) == {"json_schema", "image_input"}
+    assert result["image_input"] is False  # a text model: llama.cpp refuses the picture
     # cached per base_url + model: a client sharing the cache asks nothing
     other = client(llama_server, probes=shared)
     assert run(other.probe()) is result

@@ -6,6 +6,9 @@ a sentence repeated three times — whose later tokens are near-certain — and 
 whether the top entry at position i is token i (shift 0, OpenAI semantics) or token i+1
 (shift 1); the client then maps raw entry i-shift to token i. It also finds out whether
 "10" is one token, whether chat answers carry top logprobs, and which JSON modes work.
+And whether the model reads pictures: a chat with a small picture must be accepted *and*
+cost more prompt tokens than the same chat without it (a server that drops image parts
+is not a vision model), so `--image-route auto` picks pixels on a vision endpoint.
 
 vLLM's server answers the same prompt with `prompt_logprobs` (its extension; recent
 versions refuse `echo` with logprobs). Where echo gives no prompt logprobs and that
@@ -20,8 +23,11 @@ be put in so nothing is asked again.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from neuroscribe.errors import LLMError, OutputError
@@ -35,13 +41,75 @@ from neuroscribe.llm.openai.mapping import (
 if TYPE_CHECKING:
     from neuroscribe.llm.openai._wire import Wire
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: image_input (probes without it read as text-only, as before)
 
 # The probe's echo prompt: after the first copy the model can predict every token, so the
 # argmax of the correctly aligned distribution is the token itself. " 10" at the end
 # shows whether the tokenizer has a single token for "10".
 PROBE_SENTENCE = "Apples and pears."
 PROBE_PROMPT = " ".join([PROBE_SENTENCE] * 3) + " 10"
+
+
+def _solid_png(size: int = 32, rgb: tuple[int, int, int] = (200, 30, 30)) -> str:
+    """A data URL of a size x size one-colour PNG (built here: no imaging library)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+    png = b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)),
+            chunk(b"IDAT", zlib.compress(rows)),
+            chunk(b"IEND", b""),
+        ]
+    )
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+IMAGE_PROBE_TEXT = "What colour is this picture? One word."
+
+
+async def _probe_image(wire: Wire, errors: dict[str, str]) -> bool:
+    """Does the model read pictures? One attempt each (a text server may answer a 500)."""
+
+    async def prompt_tokens(content: Any) -> int | None:
+        data = await wire.send(
+            "/chat/completions",
+            {
+                "messages": [{"role": "user", "content": content}],
+                chat_limit_name(wire.model): 1,
+                "temperature": 0.0,
+            },
+        )
+        usage = data.get("usage") if isinstance(data, dict) else None
+        n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return n if isinstance(n, int) else None
+
+    image = {"type": "image_url", "image_url": {"url": _solid_png(), "detail": "low"}}
+    try:
+        with_image = await prompt_tokens([{"type": "text", "text": IMAGE_PROBE_TEXT}, image])
+    except LLMError as exc:
+        if exc.status == 401:
+            raise
+        errors["image_input"] = str(exc)[:300]
+        return False
+    try:
+        text_only = await prompt_tokens(IMAGE_PROBE_TEXT)
+    except LLMError as exc:
+        errors["image_input"] = f"the text-only comparison failed: {str(exc)[:260]}"
+        return False
+    if with_image is None or text_only is None:
+        return True  # accepted, and no token counts to say otherwise
+    if with_image <= text_only:
+        errors["image_input"] = (
+            f"the picture was accepted but cost no prompt tokens ({with_image} with it, "
+            f"{text_only} without): the server drops image parts"
+        )
+        return False
+    return True
 
 
 class ProbeCache:
@@ -227,8 +295,8 @@ async def run_probe(wire: Wire, check_model: Any, *, style: str | None = None) -
     `completions`, `echo_logprobs`, `echo_shift` (0, 1 or None), `echo_tokens`,
     `ten_single_token`, `prompt_logprobs` (vLLM extension), `prompt_logprobs_style`
     ("echo", "vllm" or None: how prompt logprobs are read here), `chat`,
-    `chat_logprobs`, `json_mode`, `json_valid`, `json_schema`, `errors` (capability →
-    message). With the "vllm" style `echo_tokens`, `echo_shift` and `ten_single_token`
+    `chat_logprobs`, `json_mode`, `json_valid`, `json_schema`, `image_input`, `errors`
+    (capability → message). With the "vllm" style `echo_tokens`, `echo_shift` and `ten_single_token`
     come from the `prompt_logprobs` answer. `style="vllm"` (a `vllm:` client) skips the
     echo request. A 401 is raised, since nothing can work without a key.
     """
@@ -250,6 +318,7 @@ async def run_probe(wire: Wire, check_model: Any, *, style: str | None = None) -
         "json_mode": False,
         "json_valid": False,
         "json_schema": False,
+        "image_input": False,
         "errors": {},
     }
     errors: dict[str, str] = r["errors"]
@@ -343,6 +412,7 @@ async def run_probe(wire: Wire, check_model: Any, *, style: str | None = None) -
         except LLMError as exc:
             r["json_schema"] = False
             errors["json_schema"] = str(exc)[:300]
+        r["image_input"] = await _probe_image(wire, errors)
     return r
 
 
