@@ -445,26 +445,7 @@ def test_a_killed_distributed_recording_resumes_to_the_records_of_one_process(
     from neuroscribe.distributed.record import shard_checkpoints
 
     rng = random.Random(0)
-    words = [
-        "the",
-        "cat",
-        "sat",
-        "on",
-        "a",
-        "mat",
-        "while",
-        "42",
-        "dogs",
-        "(",
-        "barked",
-        ")",
-        "at",
-        "[",
-        "night",
-        "]",
-        "and",
-        "day",
-    ]
+    words = [*"abcdefghij", "the", "cat", "(", ")", "[", "]", "42", "dogs", "night"]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
         "\n".join(json.dumps({"text": " ".join(rng.choices(words, k=200))}) for _ in range(400))
