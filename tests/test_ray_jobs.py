@@ -618,6 +618,7 @@ def test_a_service_started_with_ray_runs_its_jobs_on_the_cluster(tmp_path, ray_l
             job = c.get(f"/v1/jobs/{job['id']}").json()
     assert job["state"] == "done", job["error"]
     assert job["config"]["jobs"]["ray"] is None  # the server's setting, not the job's
+    assert {s["details"]["ray"]["workers"] for s in job["summaries"].values()} == {2}
     callers = {line.split()[0] for line in ray_local["stamps"].read_text().splitlines()}
     # Every model call came from the workers (2 per stage), none from the server's process.
     assert str(os.getpid()) not in callers and len(callers) >= 2

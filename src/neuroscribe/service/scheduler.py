@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -234,7 +235,10 @@ class Scheduler:
             summaries = dict(job["summaries"] or {})
 
             def on_stage(summary: Any) -> None:
-                summaries[summary.stage] = summary.as_dict()
+                # With what the stage reported about itself (the simulation strategy, the
+                # Ray pool that did its items), as plain JSON.
+                details = json.loads(json.dumps(summary.details, default=str))
+                summaries[summary.stage] = {**summary.as_dict(), "details": details}
                 self.store.update(job_id, summaries=summaries)
                 self.store.event(job_id, "stage", {"stage": summary.stage, "line": summary.line(),
                                                    **summary.as_dict()})  # fmt: skip
