@@ -85,8 +85,15 @@ def _max_diff(a, b) -> float:
 
 
 @pytest.mark.slow  # records and reruns the embedded model: in CI's slow half
-def test_probing_recorded_excerpts_gives_back_their_tokens_and_activations(mlp_run, store):
+def test_probing_recorded_excerpts_gives_back_their_tokens_and_activations(
+    mlp_run, store, monkeypatch
+):
+    import neuroscribe.datasets.probe as probe_module
+
     run, records = mlp_run
+    reads = []
+    read = probe_module._manifest
+    monkeypatch.setattr(probe_module, "_manifest", lambda d: reads.append(d) or read(d))
     probe = UnitProbe(run_dir=run, device="cpu", store=store)
     worst = 0.0
     for rec in records[:2]:
@@ -98,6 +105,11 @@ def test_probing_recorded_excerpts_gives_back_their_tokens_and_activations(mlp_r
             assert g.tokens == e.tokens
             worst = max(worst, _max_diff(g.activations, e.activations))
     assert worst < TOL, worst
+    assert len(reads) == 1  # the manifest once for every unit, until it changes:
+    manifest = run / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")
+    probe.activations(records[0], ["a changed manifest is read again"])
+    assert len(reads) == 2
 
     # And against a forward pass written here (no recorder code): the input of layer 1's
     # down projection, on a text the recording never saw.

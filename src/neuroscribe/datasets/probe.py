@@ -110,6 +110,9 @@ class UnitProbe:
         self._lock = threading.Lock()
         self._loaders: dict[str, SubjectResolver] = {}
         self._saes: dict[tuple[str, int | None, str], Any] = {}
+        # The run manifest as last read, with the file's (mtime, size) then: read again
+        # only when a stage has rewritten it, not once per unit.
+        self._manifest_seen: tuple[tuple[int, int] | None, Any] = (None, None)
 
     # ------------------------------------------------------------------ public API
 
@@ -244,12 +247,29 @@ class UnitProbe:
 
         if self.run_dir is None:
             return None, {}, {}
-        manifest = _manifest(self.run_dir)
+        manifest = self._manifest()
         name = record.model or split_unit_id(record.unit_id)[0]
         if manifest is None or manifest.subject.get("model") not in (None, name):
             return None, {}, {}
         rec = (manifest.stages or {}).get("record") or {}
         return manifest, _unit_entry(manifest, record), rec.get("config") or {}
+
+    def _manifest(self) -> Any:
+        """`run_dir`'s manifest (None without one), re-read when the file changed."""
+        from neuroscribe.rundir import RunDir
+
+        assert self.run_dir is not None
+        try:
+            st = RunDir(self.run_dir).manifest_path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        with self._lock:
+            seen, manifest = self._manifest_seen
+            if stamp is None or stamp != seen:
+                manifest = _manifest(self.run_dir)
+                self._manifest_seen = (stamp, manifest)
+            return manifest
 
     def _loader(self, dtype: str) -> SubjectResolver:
         """A resolver that loads in `dtype` (SubjectResolver fixes its dtype when built)."""
