@@ -117,6 +117,11 @@ def test_a_spec_carries_its_dtype_to_every_loader(tmp_path, tokenizer):
             split_spec("hf:embedded" + bad)
     with pytest.raises(ConfigError, match="dtyp=bfloat16"):  # caught when the config is made
         RunConfig.build(score={"model": "hf:embedded?dtyp=bfloat16"})
+    with pytest.raises(ConfigError, match="device string: gpu"):
+        RunConfig.build(score={"model": "hf:embedded?device=gpu"})
+    if not torch.cuda.is_available():  # a clear error, not torch's AssertionError
+        with pytest.raises(ConfigError, match=r"cannot put local model .* on device 'cuda'"):
+            load_local_model(f"hf:{folder}?device=cuda")
 
 
 def test_a_missing_hub_model_is_a_config_error(monkeypatch):

@@ -59,6 +59,13 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
         options[key] = value
     if "dtype" in options:
         _torch_dtype(options["dtype"], "cpu")  # an unknown dtype fails here, not at load
+    if "device" in options:
+        import torch
+
+        try:
+            torch.device(options["device"])  # a misspelt device ("gpu") fails here too
+        except RuntimeError as e:
+            raise ConfigError(f"model spec {spec!r}: {e}") from None
     return base.strip(), options
 
 
@@ -229,7 +236,10 @@ def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
             f"cannot load local model {path!r}: {e}. Give a local folder, or a hub id that is "
             "in the Hugging Face cache when there is no network"
         ) from e
-    model.to(device)
+    try:
+        model.to(device)
+    except (AssertionError, RuntimeError) as e:  # no CUDA build, no such GPU, ...
+        raise ConfigError(f"cannot put local model {path!r} on device {device!r}: {e}") from None
     model.eval()
     return LocalModel(path=path, model=model, tokenizer=tokenizer, device=device)
 
