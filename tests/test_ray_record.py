@@ -482,3 +482,21 @@ def test_a_killed_distributed_recording_resumes_to_the_records_of_one_process(
     plain = record_run(tmp_path / "plain", model=str(model_dir), **opts)
     assert plain.n_excerpts == summary.n_excerpts
     _compare(tmp_path / "plain", out)
+
+
+@pytest.mark.slow  # a local Ray cluster: seconds
+def test_a_shard_finished_before_is_read_back_not_run_again(tmp_path, ray_local, model_dir):
+    from neuroscribe.datasets.record import RecordConfig
+    from neuroscribe.distributed.record import record_shard, shard_checkpoints
+
+    out, folder = tmp_path / "ray", tmp_path / "ray" / CHECKPOINT_DIR
+    cfg = RecordConfig(model=str(model_dir), ray="local:2", ray_workers=2, **SMALL)
+    # Shard 0 of 2 ran to its end before (here, in this process) and left its state.
+    record_shard(cfg.model_dump(), 0, 2, "cpu", 1, False, str(folder.resolve()))
+    assert [(rank, done) for _, rank, _, _, done in shard_checkpoints(folder)] == [(0, True)]
+    record_run(out, model=str(model_dir), ray="local:2", ray_workers=2, **SMALL)
+    st = RunManifest.model_validate_json((out / "manifest.json").read_text()).stages["record"]
+    assert st["ray"]["resumed"] == {"finished_shards": 1, "batches": 0}
+    record_run(tmp_path / "plain", model=str(model_dir), **SMALL)
+    _compare(tmp_path / "plain", out)
+    assert not folder.exists()

@@ -340,21 +340,16 @@ def _run_shards(
     task = ray.remote(record_shard)
     chash = cfg.result_hash()
     status_refs: list[Any] = []
-    state_refs: list[Any] = []  # a Ray ref, or a finished shard's state read from disk
+    state_refs: list[Any] = []  # a Ray ref, or the checkpoint of a shard finished before
     statuses: list[dict[str, Any]] = [{} for _ in range(n)]
     done = [0, 0, 0]  # batches (shards here), excerpts, tokens
     for rank in range(n):
         finished = None if folder is None else shard_checkpoint(folder, rank, n, chash, done=True)
         if finished is not None and finished.exists():
-            state = _load_shard(finished)
-            statuses[rank] = {
-                "rank": rank, "excerpts": state["excerpts"], "tokens": state["tokens"],
-                "seconds": 0.0, "cpu_seconds": 0.0, "device": state["device"],
-                "host": state["host"], "pid": None, "from_checkpoint": True,
-            }  # fmt: skip
+            # Read when it is merged, like the workers' states: one shard's state in
+            # memory at a time.
             log.info("shard %d/%d: finished before, read from %s", rank, n, finished)
-            state_refs.append(state)
-            done = [done[0] + 1, done[1] + state["excerpts"], done[2] + state["tokens"]]
+            state_refs.append(finished)
             continue
         status_ref, state_ref = task.options(
             num_returns=2,
@@ -376,8 +371,6 @@ def _run_shards(
         state_refs.append(state_ref)
 
     pending = dict(status_refs)
-    if progress is not None and done[0]:
-        progress(RecordProgress(done[0], done[1], done[2], cfg.max_tokens))
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -406,8 +399,16 @@ def _run_shards(
         merged: Collector | None = None
         recon = [_recon_stats(s) for s in setup.sources]
         for rank in range(n):
-            if isinstance(state_refs[rank], dict):  # read from its checkpoint
-                state = state_refs[rank]
+            if isinstance(state_refs[rank], Path):  # finished before: its checkpoint
+                state = _load_shard(state_refs[rank])
+                statuses[rank] = {
+                    "rank": rank, "excerpts": state["excerpts"], "tokens": state["tokens"],
+                    "seconds": 0.0, "cpu_seconds": 0.0, "device": state["device"],
+                    "host": state["host"], "pid": None, "from_checkpoint": True,
+                }  # fmt: skip
+                done = [done[0] + 1, done[1] + state["excerpts"], done[2] + state["tokens"]]
+                if progress is not None:
+                    progress(RecordProgress(done[0], done[1], done[2], cfg.max_tokens))
             else:
                 try:
                     state = ray.get(state_refs[rank])
