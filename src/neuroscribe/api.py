@@ -110,12 +110,12 @@ async def driver_model(spec: str, config: RunConfig, timeout: float) -> AsyncIte
 def ray_connection(config: RunConfig) -> Iterator[None]:
     """Connected to the cluster `config.jobs.ray` names for the `with` body (nothing
     without it; an existing connection is kept, so nested stages share one)."""
+    from neuroscribe.distributed.cluster import check_workers, ray_cluster
+
+    check_workers(config.jobs.ray, config.jobs.ray_workers)
     if config.jobs.ray is None:
-        if config.jobs.ray_workers is not None:
-            raise ConfigError("--ray-workers needs --ray ADDRESS (the cluster to run on)")
         yield
         return
-    from neuroscribe.distributed.cluster import ray_cluster
 
     with ray_cluster(config.jobs.ray):
         yield

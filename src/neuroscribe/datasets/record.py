@@ -167,8 +167,9 @@ def record_run(
     out = Path(out)
     if cfg.min_excerpt_len > cfg.excerpt_len:
         cfg = cfg.model_copy(update={"min_excerpt_len": cfg.excerpt_len})
-    if cfg.ray_workers is not None and not cfg.ray:
-        raise ConfigError("--ray-workers needs --ray ADDRESS")
+    from neuroscribe.distributed.cluster import check_workers
+
+    check_workers(cfg.ray, cfg.ray_workers)
     if cfg.ray:  # the GPUs, if any, are the workers' (checked there)
         from neuroscribe.distributed.record import record_distributed as recorder
     else:
@@ -579,6 +580,24 @@ def _save_checkpoint(
     os.replace(tmp, path)
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A saved checkpoint (`_save_checkpoint`); DataError if it cannot be read."""
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # a truncated pickle raises several types
+        raise DataError(f"{path}: unreadable checkpoint ({e}); rerun with --restart") from None
+
+
+def _restore(
+    state: dict[str, Any], collector: Collector, recon: list[ReconStats | None] | None
+) -> None:
+    """Put a checkpoint's collector and reconstruction sums back."""
+    collector.load_state_dict(state["collector"])
+    for r, saved in zip(recon or [], state.get("recon") or [], strict=False):
+        if r is not None and saved is not None:
+            r.load_state_dict(saved)
+
+
 def _maybe_resume(
     path: Path,
     chash: str,
@@ -591,19 +610,13 @@ def _maybe_resume(
     if restart:
         path.unlink()
         return 0
-    try:
-        state = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as e:  # a truncated pickle raises several types
-        raise DataError(f"{path}: unreadable checkpoint ({e}); rerun with --restart") from None
+    state = _read_checkpoint(path)
     if state.get("config_hash") != chash:
         raise ConfigError(
             f"{path} is a checkpoint of a recording with other options; "
             "rerun with the same options to resume, or with --restart to start over"
         )
-    collector.load_state_dict(state["collector"])
-    for r, saved in zip(recon or [], state.get("recon") or [], strict=False):
-        if r is not None and saved is not None:
-            r.load_state_dict(saved)
+    _restore(state, collector, recon)
     log.info("resuming recording after %d excerpts", collector.n_excerpts)
     return collector.n_excerpts
 

@@ -35,6 +35,12 @@ def import_ray() -> Any:
     return ray
 
 
+def check_workers(ray: str | None, ray_workers: int | None) -> None:
+    """`--ray-workers` without a cluster is an error: one check for every command."""
+    if ray_workers is not None and not ray:
+        raise ConfigError("--ray-workers needs --ray ADDRESS (the cluster to run on)")
+
+
 def parse_address(address: str) -> tuple[str, int | None]:
     """("local", N or None) for a local cluster, else (the address for ray.init, None)."""
     a = (address or "").strip()

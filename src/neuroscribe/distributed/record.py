@@ -61,7 +61,9 @@ from neuroscribe.datasets.record import (
     _finish,
     _n_units,
     _new_collector,
+    _read_checkpoint,
     _recon_stats,
+    _restore,
     _save_checkpoint,
     _Setup,
     _setup,
@@ -69,7 +71,7 @@ from neuroscribe.datasets.record import (
 )
 from neuroscribe.datasets.sae import ReconStats
 from neuroscribe.distributed.cluster import import_ray, parse_address, ray_cluster
-from neuroscribe.errors import ConfigError, DataError, NeuroscribeError
+from neuroscribe.errors import ConfigError, NeuroscribeError
 from neuroscribe.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -133,13 +135,6 @@ def shard_checkpoints(folder: Path) -> list[tuple[Path, int, int, str, bool]]:
     return out
 
 
-def _load_shard(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as e:  # a truncated pickle raises several types
-        raise DataError(f"{path}: unreadable checkpoint ({e}); rerun with --restart") from None
-
-
 def _resume_workers(folder: Path, cfg: RecordConfig, restart: bool) -> int | None:
     """The worker count of the checkpoints a rerun resumes (None: none to resume), after
     removing the ones it cannot use (`--restart`, another explicit `--ray-workers`)."""
@@ -198,11 +193,8 @@ def record_shard(
         part = shard_checkpoint(folder, rank, n, chash, done=False)
         done_path = shard_checkpoint(folder, rank, n, chash, done=True)
         if part.exists():
-            state = _load_shard(part)
-            collector.load_state_dict(state["collector"])
-            for r, saved in zip(recon, state.get("recon") or [], strict=False):
-                if r is not None and saved is not None:
-                    r.load_state_dict(saved)
+            state = _read_checkpoint(part)
+            _restore(state, collector, recon)
             resumed = int(state["batches"])
     last = [0, time.perf_counter()]  # (batch, time) of the last checkpoint
 
@@ -225,10 +217,10 @@ def record_shard(
                 part = None
             last[:] = [nb, time.perf_counter()]
 
-    partial = part
     _stream(setup, cfg, collector, recon, shard=(rank, n), skip_batches=resumed, on_batch=on_batch)
-    if done_path is not None and partial is not None and save(done_path, -1):
-        partial.unlink(missing_ok=True)  # the finished state replaces it
+    # `part` is None without a checkpoint folder or once a write there failed.
+    if part is not None and done_path is not None and save(done_path, -1):
+        part.unlink(missing_ok=True)  # the finished state replaces it
     status = {
         "rank": rank,
         "resumed_batches": resumed,
@@ -400,7 +392,7 @@ def _run_shards(
         recon = [_recon_stats(s) for s in setup.sources]
         for rank in range(n):
             if isinstance(state_refs[rank], Path):  # finished before: its checkpoint
-                state = _load_shard(state_refs[rank])
+                state = _read_checkpoint(state_refs[rank])
                 statuses[rank] = {
                     "rank": rank, "excerpts": state["excerpts"], "tokens": state["tokens"],
                     "seconds": 0.0, "cpu_seconds": 0.0, "device": state["device"],

@@ -171,8 +171,8 @@ class ModelStore:
     def load(self, spec: str, *, device: str | None = None, dtype: str | None = None) -> LocalModel:
         """The model a `hf:` spec names, loaded on first use (arguments before the spec's
         own `?dtype=`/`?device=` options, then the defaults)."""
-        path = resolve_local_spec(spec)
-        options = split_spec(spec)[1]
+        base, options = split_spec(spec)
+        path = resolve_local_spec(base)
         device = device or options.get("device") or default_device()
         torch_dtype = _torch_dtype(dtype or options.get("dtype"), device)
         key = (path, device, str(torch_dtype))

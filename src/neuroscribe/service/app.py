@@ -119,11 +119,10 @@ class Service:
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
-        if cfg.ray_workers is not None and cfg.ray is None:
-            raise ConfigError("--ray-workers needs --ray ADDRESS (the cluster to run on)")
-        if cfg.ray is not None:
-            from neuroscribe.distributed.cluster import import_ray, parse_address
+        from neuroscribe.distributed.cluster import check_workers, import_ray, parse_address
 
+        check_workers(cfg.ray, cfg.ray_workers)
+        if cfg.ray is not None:
             parse_address(cfg.ray)  # a bad address or a missing extra: an error now
             import_ray()
         self.root = Path(cfg.root).resolve()

@@ -31,6 +31,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from neuroscribe.errors import LLMError, OutputError
+from neuroscribe.llm.messages import image_part, text_part
 from neuroscribe.llm.openai.mapping import (
     MalformedAnswer,
     choices_of,
@@ -88,9 +89,9 @@ async def _probe_image(wire: Wire, errors: dict[str, str]) -> bool:
         n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         return n if isinstance(n, int) else None
 
-    image = {"type": "image_url", "image_url": {"url": _solid_png(), "detail": "low"}}
+    picture = [text_part(IMAGE_PROBE_TEXT), image_part(_solid_png(), detail="low")]
     try:
-        with_image = await prompt_tokens([{"type": "text", "text": IMAGE_PROBE_TEXT}, image])
+        with_image = await prompt_tokens(picture)
     except LLMError as exc:
         if exc.status == 401:
             raise
