@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--prompts", default="simulate-v1,simulate-v2")
     ap.add_argument("--split", default="test", choices=["dev", "test", "all"])
     ap.add_argument("--max-units", type=int, default=None)
+    ap.add_argument(
+        "--n-examples", type=int, default=None, help="few-shot units (default: the prompt's)"
+    )
     args = ap.parse_args()
 
     from neuroscribe.config import RunConfig
@@ -46,7 +49,12 @@ def main() -> None:
         spec = spec_for(name.strip())
         for prompt in args.prompts.split(","):
             config = RunConfig.build(
-                score={"model": spec, "strategy": "exact", "prompt": prompt.strip()},
+                score={
+                    "model": spec,
+                    "strategy": "exact",
+                    "prompt": prompt.strip(),
+                    "n_examples": args.n_examples,
+                },
                 jobs={"cache": False},
             )
             start = time.perf_counter()

@@ -36,8 +36,9 @@ from neuroscribe.schema import Usage
 log = logging.getLogger(__name__)
 
 
-# Options a local spec may carry after `?` (`hf:embedded?dtype=bfloat16&device=cpu`).
-SPEC_OPTIONS = ("dtype", "device")
+# Options a local spec may carry after `?` (`hf:embedded?dtype=bfloat16&device=cpu`;
+# `adapter=` a LoRA file, or `simulator` for the bundled simulation adapter).
+SPEC_OPTIONS = ("dtype", "device", "adapter")
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -66,6 +67,10 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
             torch.device(options["device"])  # a misspelt device ("gpu") fails here too
         except RuntimeError as e:
             raise ConfigError(f"model spec {spec!r}: {e}") from None
+    if "adapter" in options:
+        from neuroscribe.llm.lora import resolve_adapter
+
+        resolve_adapter(options["adapter"])  # a missing file fails here, not at load
     return base.strip(), options
 
 
@@ -158,14 +163,14 @@ class LocalModel:
 
 
 class ModelStore:
-    """Loaded models by (path, device, dtype): each is loaded once and shared.
+    """Loaded models by (path, device, dtype, adapter): each is loaded once and shared.
 
     Thread-safe; one load at a time (two threads asking for one model must not load it
     twice). `clear()` drops every model, so its memory can be freed.
     """
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str, str], LocalModel] = {}
+        self._models: dict[tuple[str, str, str, str], LocalModel] = {}
         self._lock = threading.Lock()
 
     def load(self, spec: str, *, device: str | None = None, dtype: str | None = None) -> LocalModel:
@@ -175,10 +180,15 @@ class ModelStore:
         path = resolve_local_spec(base)
         device = device or options.get("device") or default_device()
         torch_dtype = _torch_dtype(dtype or options.get("dtype"), device)
-        key = (path, device, str(torch_dtype))
+        adapter = ""
+        if options.get("adapter"):
+            from neuroscribe.llm.lora import resolve_adapter
+
+            adapter = str(resolve_adapter(options["adapter"]))
+        key = (path, device, str(torch_dtype), adapter)
         with self._lock:
             if key not in self._models:
-                self._models[key] = _load(path, device, torch_dtype)
+                self._models[key] = _load(path, device, torch_dtype, adapter=adapter or None)
             return self._models[key]
 
     def register(self, spec: str, model: Any, tokenizer: Any) -> LocalModel:
@@ -187,7 +197,7 @@ class ModelStore:
         model.eval()
         loaded = LocalModel(path=spec, model=model, tokenizer=tokenizer, device=str(param.device))
         with self._lock:
-            self._models[(spec, str(param.device), str(param.dtype))] = loaded
+            self._models[(spec, str(param.device), str(param.dtype), "")] = loaded
         return loaded
 
     def clear(self) -> None:
@@ -220,7 +230,8 @@ def register_local_model(
     return (store if store is not None else DEFAULT_STORE).register(spec, model, tokenizer)
 
 
-def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
+def _load(path: str, device: str, torch_dtype: Any, *, adapter: str | None = None) -> LocalModel:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # Read at call time (huggingface_hub reads it once, at import), so a hub id fails
@@ -228,14 +239,21 @@ def _load(path: str, device: str, torch_dtype: Any) -> LocalModel:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        # An adapter is merged in float32 (its update is small next to the weights, and
+        # bfloat16 would round much of it away), then the model takes its dtype.
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, local_files_only=offline
+            path, dtype=torch.float32 if adapter else torch_dtype, local_files_only=offline
         )
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"cannot load local model {path!r}: {e}. Give a local folder, or a hub id that is "
             "in the Hugging Face cache when there is no network"
         ) from e
+    if adapter:
+        from neuroscribe.llm.lora import merge
+
+        merge(model, Path(adapter))
+        model.to(torch_dtype)
     try:
         model.to(device)
     except (AssertionError, RuntimeError) as e:  # no CUDA build, no such GPU, ...

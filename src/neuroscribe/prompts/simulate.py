@@ -107,8 +107,20 @@ STYLE_V1_COMPACT = SimulationStyle(
     slot="",
 )
 
+# The prompt a simulator *trained* on the task reads (bench/finetune_simulator.py, the
+# bundled `hf:embedded?adapter=simulator`): simulate-v1's instructions and compact rows
+# with no few-shot units, the model having learnt the task instead. Other models need
+# the few-shot units, so this style is for tuned models only.
+STYLE_TUNED_V1 = SimulationStyle(
+    version="simulate-tuned-v1",
+    system=_system,
+    examples=(),
+    header=_header_v1,
+    slot="",
+)
+
 SIMULATION_STYLES: dict[str, SimulationStyle] = {
-    s.version: s for s in (STYLE_V1, STYLE_V2, STYLE_V1_COMPACT)
+    s.version: s for s in (STYLE_V1, STYLE_V2, STYLE_V1_COMPACT, STYLE_TUNED_V1)
 }
 # The default stays simulate-v1: on the ground-truth suite's dev half simulate-v2 did not
 # rank true explanations first more often with SmolLM2-135M (35% vs 40% of 20 units;

@@ -150,9 +150,12 @@ class SimulationScorer(ScorerParts):
         stored in the run manifest decides `auto`, else chat-logprobs is assumed (the
         returned note says so).
         """
+        from neuroscribe.llm.lora import adapter_prompt
         from neuroscribe.prompts.simulate import default_examples, simulation_style
 
         strategy, scale_max, note = _planned_strategy(spec, strategy, probe)
+        if prompt_version is None and strategy == "exact":
+            prompt_version = adapter_prompt(spec)  # what ExactSimulator picks too
         style = simulation_style(
             prompt_version if strategy in ("exact", "prompt-logprobs") else SIMULATE_PROMPT_VERSION
         )

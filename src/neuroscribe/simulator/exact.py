@@ -423,8 +423,10 @@ class ExactSimulator:
             raise ConfigError(f"unknown exact simulation mode {mode!r}: use cached or naive")
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        from neuroscribe.llm.lora import adapter_prompt
+
         self.spec = spec
-        self.style = simulation_style(prompt_version)
+        self.style = simulation_style(prompt_version or adapter_prompt(spec))
         self.prompt_version = self.style.version
         self._batch_size = batch_size
         self.n_examples = default_examples(self.style) if n_examples is None else n_examples

@@ -1,0 +1,112 @@
+"""LoRA adapters: training hooks, the saved file, merging at load, and the spec option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from _record_helpers import embedded_tokenizer, tiny_model, tiny_model_dir
+from neuroscribe.errors import ConfigError
+from neuroscribe.llm import lora
+from neuroscribe.llm.local import ModelStore, split_spec
+
+
+def _trained(model, seed: int = 1):
+    """Adapters on `model` with non-zero updates (as after some training)."""
+    adapters = lora.attach(model, rank=4, alpha=8.0)
+    gen = torch.Generator().manual_seed(seed)
+    for a in adapters.values():
+        with torch.no_grad():
+            a.B.copy_(torch.randn(a.B.shape, generator=gen) * 0.05)
+    return adapters
+
+
+def test_a_fresh_adapter_changes_nothing_and_only_it_trains():
+    model = tiny_model("llama")
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    before = model(input_ids=ids).logits
+    adapters = lora.attach(model, rank=4)
+    assert torch.equal(model(input_ids=ids).logits, before)  # B starts at zero
+    assert not any(p.requires_grad for p in model.parameters())
+    params = lora.parameters(adapters)
+    assert params and all(p.requires_grad for p in params)
+    # Every projection of every block is adapted.
+    assert len(adapters) == 7 * model.config.num_hidden_layers
+
+
+def test_a_saved_adapter_merges_to_the_hooked_model(tmp_path):
+    model = tiny_model("llama")
+    adapters = _trained(model)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        hooked = model(input_ids=ids).logits
+    path = tmp_path / "adapter.safetensors"
+    lora.save(adapters, path, {"rank": "4"})
+
+    fresh = tiny_model("llama")  # same seed: the same base weights
+    with torch.no_grad():
+        base = fresh(input_ids=ids).logits
+    assert lora.merge(fresh, path) == len(adapters)
+    with torch.no_grad():
+        merged = fresh(input_ids=ids).logits
+    assert not torch.allclose(base, hooked, atol=1e-3)  # the adapter does something
+    # The file holds bfloat16 A and B, so the merged model matches to their rounding.
+    assert torch.allclose(merged, hooked, atol=2e-2)
+
+
+def test_an_adapter_for_another_model_is_refused_whole(tmp_path):
+    model = tiny_model("llama")
+    path = tmp_path / "adapter.safetensors"
+    lora.save(_trained(model), path)
+    other = tiny_model("llama", intermediate_size=40)
+    weights = [p.detach().clone() for p in other.parameters()]
+    with pytest.raises(ConfigError, match="expects"):
+        lora.merge(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(weights, other.parameters(), strict=True))
+
+    tensors = load_file(str(path))
+    save_file(tensors, str(tmp_path / "no-scale.safetensors"))
+    with pytest.raises(ConfigError, match="no scale"):
+        lora.merge(tiny_model("llama"), tmp_path / "no-scale.safetensors")
+    with pytest.raises(ConfigError, match="not found"):
+        lora.merge(model, tmp_path / "missing.safetensors")
+
+
+def test_a_spec_names_an_adapter_and_loads_it_merged(tmp_path):
+    folder = tiny_model_dir(tmp_path / "tiny")
+    path = tmp_path / "adapter.safetensors"
+    lora.save(_trained(tiny_model("llama", vocab_size=len(embedded_tokenizer()))), path)
+
+    spec = f"hf:{folder}?adapter={path}"
+    assert split_spec(spec) == (f"hf:{folder}", {"adapter": str(path)})
+    store = ModelStore()
+    adapted = store.load(spec, device="cpu")
+    plain = store.load(f"hf:{folder}", device="cpu")
+    assert adapted is not plain  # its own copy, keyed apart
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        a, p = adapted.model(input_ids=ids).logits, plain.model(input_ids=ids).logits
+        assert not torch.allclose(a, p)
+    assert store.load(spec, device="cpu") is adapted
+    with pytest.raises(ConfigError, match=r"adapter 'nope\.safetensors' not found"):
+        split_spec(f"hf:{folder}?adapter=nope.safetensors")
+
+
+def test_a_simulator_reads_the_prompt_its_adapter_was_trained_on(tmp_path):
+    from neuroscribe.scorer.simulation import SimulationScorer
+    from neuroscribe.simulator.exact import ExactSimulator
+
+    path = tmp_path / "adapter.safetensors"
+    lora.save(_trained(tiny_model("llama")), path, {"prompt": "simulate-tuned-v1"})
+    spec = f"hf:embedded?adapter={path}"
+    assert lora.adapter_prompt(spec) == "simulate-tuned-v1"
+    assert lora.adapter_prompt("hf:embedded") is None
+    sim = ExactSimulator(spec)  # nothing loads until it simulates
+    assert sim.prompt_version == "simulate-tuned-v1"
+    assert sim.n_examples == 0  # the tuned prompt has no few-shot units
+    # A prompt the user names wins; a dry run plans the same prompt as a real run.
+    assert ExactSimulator(spec, prompt_version="simulate-v1").prompt_version == "simulate-v1"
+    planned, _ = SimulationScorer.planned(spec)
+    assert planned.config()["prompt_version"] == "simulate-tuned-v1"
+    assert planned.config()["n_examples"] == 0
