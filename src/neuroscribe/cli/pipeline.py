@@ -223,8 +223,9 @@ SimPromptOpt = Annotated[
     typer.Option(
         "--sim-prompt",
         help="Simulation prompt version for the exact and prompt-logprobs strategies: "
-        "simulate-v1 (default) or simulate-v2 (contrastive; measure it with "
-        "`neuroscribe check simulator`).",
+        "simulate-v1 (default), simulate-v2 (contrastive), simulate-v1-compact (exact "
+        "only) or simulate-tuned-v1 (for a simulator trained on the task; a LoRA "
+        "adapter's own prompt is the default); measure with `neuroscribe check simulator`.",
     ),
 ]
 
