@@ -57,7 +57,8 @@ def one_run(args: argparse.Namespace, units: int, run_dir: Path) -> dict:
     if args.dtype is not None:
         # The spec option, as a user gives it; recording keeps float32.
         explainer, simulator = (
-            f"{s}?dtype={args.dtype}" if s.startswith("hf:") else s for s in (explainer, simulator)
+            f"{s}{'&' if '?' in s else '?'}dtype={args.dtype}" if s.startswith("hf:") else s
+            for s in (explainer, simulator)
         )
     config = RunConfig.build(
         run_dir=run_dir,
