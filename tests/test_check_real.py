@@ -53,6 +53,8 @@ def test_check_simulator_on_the_embedded_model(tmp_path, monkeypatch, prompt):
     assert s["n_units"] == 1 and s["cost_per_unit_usd"] == 0.0
     assert s["verdict"] in " ".join(out.stdout.split())
     assert "saved for neuroscribe run and compare" in out.stdout
+    if not s["trustworthy"]:  # the next step is named, on one line
+        assert "--simulator 'hf:embedded?adapter=simulator'" in out.stdout
 
 
 @pytest.mark.parametrize("prompt", ["simulate-v1", "simulate-v2"])

@@ -13,6 +13,7 @@ from rich.table import Table
 from neuroscribe.cli.app import app, make_console
 from neuroscribe.cli.pipeline import _config, takes
 from neuroscribe.jsonl import write_text_atomic
+from neuroscribe.llm.base import EMBEDDED_SPEC, TUNED_SIMULATOR_SPEC
 
 console = make_console()
 
@@ -99,6 +100,13 @@ def check_simulator_cmd(
     table.add_row("cost per unit", _usd(s.cost_per_unit_usd))
     console.print(table)
     console.print(s.verdict, style="green" if s.trustworthy else "bold red", markup=False)
+    if not s.trustworthy and report.simulator == EMBEDDED_SPEC:
+        # Where the plain embedded model fails, the bundled trained one is the next step.
+        console.print(
+            f"the trained simulator does better on this suite: --simulator '{TUNED_SIMULATOR_SPEC}'",
+            markup=False,
+            soft_wrap=True,
+        )
     path = save_check(report)
     console.print(f"saved for neuroscribe run and compare: {path}", markup=False)
     if out is not None:

@@ -107,6 +107,8 @@ class LLM(Protocol):
 
 LOCAL_PREFIX = "hf:"
 EMBEDDED_SPEC = "hf:embedded"
+# The embedded model with its bundled simulation adapter (neuroscribe.llm.lora.BUNDLED).
+TUNED_SIMULATOR_SPEC = "hf:embedded?adapter=simulator"
 
 
 def is_local_spec(spec: str) -> bool:
