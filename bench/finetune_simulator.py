@@ -245,7 +245,6 @@ def main() -> None:
         return ids, slots, targets, sim.value_ids
 
     value_ids = encode("x", ["a"], [0.0])[3]
-    head_w = None
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     start = time.perf_counter()
     step, seen, losses = 0, 0, []

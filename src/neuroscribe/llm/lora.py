@@ -109,10 +109,9 @@ def parameters(adapters: dict[str, LoraLinear]) -> list[Any]:
     return [p for a in adapters.values() for p in (a.A, a.B)]
 
 
-def save(
-    adapters: dict[str, LoraLinear], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    """The adapters as a bfloat16 safetensors file (A and B per layer, the scale)."""
+def save(adapters: dict[str, LoraLinear], path: Path, extra: dict[str, str] | None = None) -> None:
+    """The adapters as a bfloat16 safetensors file (A and B per layer, the scale, and
+    `extra` metadata such as the prompt it was trained on)."""
     import torch
     from safetensors.torch import save_file
 
@@ -121,7 +120,7 @@ def save(
     for name, a in adapters.items():
         tensors[f"{name}.lora_A"] = a.A.detach().to(torch.bfloat16).contiguous()
         tensors[f"{name}.lora_B"] = a.B.detach().to(torch.bfloat16).contiguous()
-    meta = {"scale": repr(scales.pop()), **(metadata or {})}
+    meta = {"scale": repr(scales.pop()), **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
 
