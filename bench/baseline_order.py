@@ -34,7 +34,11 @@ def order(run: Path, units: list[str]) -> dict[str, tuple[int, int, float, float
             continue
         if units and not any(fnmatch.fnmatch(s["unit_id"], u) for u in units):
             continue
-        key = f"{s['scorer_model']} ({s['comparable'].get('prompt_version')})"
+        # The config hash too: a retrained adapter keeps its spec but not its hash.
+        key = (
+            f"{s['scorer_model']} ({s['comparable'].get('prompt_version')}, "
+            f"config {s['config_hash'][:8]})"
+        )
         by.setdefault(key, {}).setdefault(s["unit_id"], {})[s["explainer"]] = s["metrics"]["score"]
     out = {}
     for model, per_unit in by.items():

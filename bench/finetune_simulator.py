@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -102,7 +103,9 @@ def allowed(text: str) -> bool:
     return not any(k in low for k in TEST_KEYWORDS)
 
 
-def training_rules(windows: list[list[str]], seed: int) -> tuple[list, list[list[str]]]:
+def training_rules(
+    windows: list[list[str]], seed: int, recipe: str = "v2"
+) -> tuple[list, list[list[str]]]:
     """The training rules, and groups of related rules (explanation texts) to contrast
     on the same windows: a dev unit's true and false rules, the word X against the word
     right after / before X and the words X, Y and Z."""
@@ -159,9 +162,114 @@ def training_rules(windows: list[list[str]], seed: int) -> tuple[list, list[list
              ">": "greater-than signs", "@": "at signs"}  # fmt: skip
     for ch, name in names.items():
         out[name] = R.Rule(name, R.by_token(lambda t, c=ch: c in t and not R.is_word(t)))
+    if recipe == "v2":
+        _more_families(out, groups, frequent, windows)
     rules = {text: r for text, r in out.items() if allowed(text)}
     groups = [[t for t in g if t in rules] for g in groups]
     return list(rules.values()), [g for g in groups if len(g) > 1]
+
+
+HIGH = 10.0  # the rules module's top activation
+
+# Characters the v2 families put words next to (none names a test concept).
+CHAR_NAMES = {":": ("a colon", "colons"), ";": ("a semicolon", "semicolons"),
+              "=": ("an equals sign", "equals signs"), "#": ("a hash sign", "hash signs"),
+              "/": ("a slash", "slashes"), "\n": ("a line break", "line breaks"),
+              '"': ("a double quote mark", "double quote marks"),
+              "'": ("a single quote mark", "single quote marks"),
+              ">": ("a greater-than sign", "greater-than signs")}  # fmt: skip
+
+
+def _more_families(out: dict, groups: list[list[str]], frequent: list[str], windows) -> None:
+    """Recipe v2: rule *shapes* the test half uses, on concepts it does not — a word right
+    after / before a character, the first / last word of a line, a word only in code or
+    only in prose, words containing a letter, text after a character to the end of its
+    line — each contrasted with its neighbours on the same windows."""
+    from neuroscribe.groundtruth import rules as R
+
+    def add(text: str, fn) -> None:
+        out[text] = R.Rule(text, fn)
+
+    for ch, (one, many) in CHAR_NAMES.items():
+
+        def is_ch(t: str, c: str = ch) -> bool:
+            return c in t and not R.is_word(t)
+
+        add(f"the word right after {one}", R.after(is_ch))
+        add(f"the word right before {one}", R.before(is_ch))
+        add(many, R.by_token(is_ch))
+        groups.append([f"the word right after {one}", f"the word right before {one}", many])
+        if ch != "\n":
+            add(f"text after {one} up to the end of its line", _after_to_eol(ch))
+            groups.append([f"text after {one} up to the end of its line", many])
+
+    add("the first word of each line", _line_edge(first=True))
+    add("the last word of each line", _line_edge(first=False))
+    groups.append(["the first word of each line", "the last word of each line", "line breaks"])
+
+    code = Counter()
+    prose = Counter()
+    for w in windows:
+        flags = R.code_lines(w)
+        for t, c in zip(w, flags, strict=True):
+            if R.is_word(t):
+                (code if c else prose)[R.word(t)] += 1
+    both = [w for w in frequent if code[w] >= 4 and prose[w] >= 4][:40]
+    for w in both:
+        add(f"the word {w} only in code", R.in_code(R.words(w)))
+        add(f"the word {w} only in prose, not in code", R.in_prose(R.words(w)))
+        groups.append(
+            [f"the word {w} only in code", f"the word {w} only in prose, not in code",
+             f"the word {w}"]
+        )  # fmt: skip
+    for letter in "xzkvyjq":
+        add(
+            f"words containing the letter {letter}",
+            R.by_token(lambda t, c=letter: R.is_word(t) and c in R.word(t)),
+        )
+    add(
+        "words with a double letter, such as ll, ss or ee",
+        R.by_token(lambda t: R.is_word(t) and re.search(r"(.)\1", R.word(t)) is not None),
+    )
+
+
+def _after_to_eol(ch: str):
+    """Every non-blank token after `ch` until the end of that line."""
+
+    def fn(tokens):
+        out, on = [], False
+        for t in tokens:
+            if "\n" in t:
+                on = False
+            out.append(HIGH if on and t.strip() and ch not in t else 0.0)
+            if ch in t and ch != "\n":
+                on = True
+        return out
+
+    return fn
+
+
+def _line_edge(first: bool):
+    """The first (or last) word-like token of each complete line in the window."""
+    from neuroscribe.groundtruth import rules as R
+
+    def fn(tokens):
+        out = [0.0] * len(tokens)
+        lines = R._lines(tokens)
+        idx: dict[int, list[int]] = {}
+        for i, t in enumerate(tokens):
+            if R.is_word(t):
+                idx.setdefault(lines[i], []).append(i)
+        last_line = lines[-1] if lines else 0
+        for line, ids in idx.items():
+            # A window cuts its first and last lines: only whole edges count.
+            if first and line > 0:
+                out[ids[0]] = R.HIGH
+            if not first and line < last_line:
+                out[ids[-1]] = R.HIGH
+        return out
+
+    return fn
 
 
 def examples_for(
@@ -204,7 +312,19 @@ def main() -> None:
     ap.add_argument("--per-rule", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--recipe",
+        choices=("v1", "v2"),
+        default="v2",
+        help="training rules: v1 (the first bundled adapter's) or v2 (more rule shapes)",
+    )
+    ap.add_argument(
         "--lora", type=int, default=0, help="train a rank-R adapter instead of every weight"
+    )
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from this adapter file (with --lora of its rank), e.g. on new windows",
     )
     args = ap.parse_args()
 
@@ -226,13 +346,21 @@ def main() -> None:
         from neuroscribe.llm import lora
 
         adapters = lora.attach(model, rank=args.lora, alpha=2.0 * args.lora)
+        if args.init is not None:
+            from safetensors.torch import load_file
+
+            saved = load_file(str(args.init))
+            with torch.no_grad():
+                for name, a in adapters.items():
+                    a.A.copy_(saved[f"{name}.lora_A"].float())
+                    a.B.copy_(saved[f"{name}.lora_B"].float())
         trainable = lora.parameters(adapters)
     else:
         trainable = list(model.parameters())
     # The built-in corpus holds ~5,600 windows, all of which the suite may draw its
     # excerpts from: the text is shared, the rules (the labels) are not.
     windows = windows_from_texts(open_corpus("builtin").texts(), tok, window=20, max_windows=20000)
-    rules, groups = training_rules(windows, args.seed)
+    rules, groups = training_rules(windows, args.seed, args.recipe)
     data = examples_for(rules, groups, windows, args.per_rule, args.seed)
     print(f"{len(rules)} training rules, {len(data)} examples, {len(windows)} windows", flush=True)
 

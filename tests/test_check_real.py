@@ -35,15 +35,22 @@ def _tiny_suite(path):
     return path
 
 
-@pytest.mark.parametrize("prompt", ["simulate-v1", "simulate-v2"])
-def test_check_simulator_on_the_embedded_model(tmp_path, monkeypatch, prompt):
+@pytest.mark.parametrize(
+    ("simulator", "prompt"),
+    [
+        ("hf:embedded", "simulate-v1"),
+        ("hf:embedded", "simulate-v2"),
+        (None, "simulate-tuned-v1"),  # the default: the trained simulator, its own prompt
+    ],
+)
+def test_check_simulator_on_the_embedded_model(tmp_path, monkeypatch, simulator, prompt):
     monkeypatch.setenv("NEUROSCRIBE_CHECKS", str(tmp_path))
     out_file = tmp_path / "report.json"
-    out = cli(
-        "check", "simulator", "--max-units", "1", "--sim-prompt", prompt, "--out", str(out_file)
-    )
+    args = ["--simulator", simulator, "--sim-prompt", prompt] if simulator else []
+    out = cli("check", "simulator", "--max-units", "1", *args, "--out", str(out_file))
     report = json.loads(out_file.read_text())
-    assert report["simulator"] == "hf:embedded" and report["strategy"] == "exact"
+    assert report["simulator"] == (simulator or "hf:embedded?adapter=simulator")
+    assert report["strategy"] == "exact"
     assert report["prompt_version"] == prompt and report["split"] == "test"
     (unit,) = report["units"]
     assert len(unit["candidates"]) >= 3
@@ -53,7 +60,7 @@ def test_check_simulator_on_the_embedded_model(tmp_path, monkeypatch, prompt):
     assert s["n_units"] == 1 and s["cost_per_unit_usd"] == 0.0
     assert s["verdict"] in " ".join(out.stdout.split())
     assert "saved for neuroscribe run and compare" in out.stdout
-    if not s["trustworthy"]:  # the next step is named, on one line
+    if simulator and not s["trustworthy"]:  # the next step is named, on one line
         assert "--simulator 'hf:embedded?adapter=simulator'" in out.stdout
 
 

@@ -142,3 +142,43 @@ def test_the_tuned_embedded_simulator_scores_true_explanations_higher():
     assert s.n_units >= 15
     assert s.mean_true_score > s.mean_false_score + 0.05
     assert s.top1_rate > s.chance_rate
+
+
+def test_the_trained_simulator_is_the_default_for_simulation_only(tmp_path):
+    """Simulation runs on the embedded model with its simulation adapter by default;
+    judges and the embedding scorer, and a selector that judges, read the plain model."""
+    from neuroscribe.api import scorer_configs, selection_spec
+    from neuroscribe.config import RunConfig, ScoreSection
+
+    assert ScoreSection().model == "hf:embedded?adapter=simulator"
+    for judge in ("detection", "fuzzing", "intruder", "embedding"):
+        assert ScoreSection(scorer=judge).model == "hf:embedded"
+    # A model the user names is kept, whatever the scorer.
+    assert ScoreSection(scorer="detection", model="hf:other").model == "hf:other"
+    config = RunConfig.build(run_dir=tmp_path)
+    by_name = {
+        c.score.scorer: c.score.model
+        for c in scorer_configs(config, [("simulation", None), ("detection", None)])
+    }
+    assert by_name == {"simulation": "hf:embedded?adapter=simulator", "detection": "hf:embedded"}
+    judged = RunConfig.build(run_dir=tmp_path, explain={"select": {"scorer": "detection"}})
+    assert selection_spec(judged) == "hf:embedded"
+    assert selection_spec(config) == "hf:embedded?adapter=simulator"
+
+
+def test_a_retrained_adapter_under_the_same_spec_gets_new_keys(tmp_path):
+    """The spec names the adapter file; its weights change when it is retrained. Scores
+    and check reports are keyed by the weights too, so old numbers are never reused."""
+    from neuroscribe.groundtruth.store import check_key
+    from neuroscribe.scorer.simulation import SimulationScorer
+
+    path = tmp_path / "adapter.safetensors"
+    lora.save(_trained(tiny_model("llama"), seed=1), path, {"prompt": "simulate-tuned-v1"})
+    spec = f"hf:embedded?adapter={path}"
+    first = (SimulationScorer.planned(spec)[0].config(), check_key(spec, "exact", "v"))
+    assert first[0]["adapter"] == lora.adapter_digest(spec)
+    lora.save(_trained(tiny_model("llama"), seed=2), path, {"prompt": "simulate-tuned-v1"})
+    second = (SimulationScorer.planned(spec)[0].config(), check_key(spec, "exact", "v"))
+    assert first[0]["adapter"] != second[0]["adapter"] and first[1] != second[1]
+    # Without an adapter the keys are those of earlier versions (no digest in them).
+    assert "adapter" not in SimulationScorer.planned("hf:embedded")[0].config()

@@ -54,6 +54,10 @@ def test_run_with_no_model_arguments_records_explains_simulates_scores(tmp_path)
 
     sims = read_jsonl(run / "simulations.jsonl", SequenceSimulation)
     assert sims and all(s.strategy == "exact" and s.scale_max == 9 for s in sims)
+    # The default simulator is the trained one, reading the prompt it was trained on.
+    assert {(s.simulator, s.prompt_version) for s in sims} == {
+        ("hf:embedded?adapter=simulator", "simulate-tuned-v1")
+    }
     for s in sims:
         assert len(s.expected_activations) == len(s.tokens)
         assert all(0 <= v <= 9 for v in s.expected_activations)

@@ -258,8 +258,13 @@ def explain_stage(
 
 
 def selection_spec(config: RunConfig) -> str:
-    """The selection scorer's model: its own, else the score section's."""
-    return config.explain.select.model or config.score.model
+    """The selection scorer's model: its own, else the score section's (the plain
+    embedded model for a selector that does not simulate, as for scoring)."""
+    from neuroscribe.config import model_for_scorer
+
+    if config.explain.select.model:
+        return config.explain.select.model
+    return model_for_scorer(config.explain.select.scorer, config.score.model)
 
 
 def _selection_options(config: RunConfig) -> dict[str, Any]:

@@ -12,12 +12,12 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from neuroscribe.errors import ConfigError
 from neuroscribe.explainer.best_of_k import SelectConfig
 from neuroscribe.explainer.token_rows import ExplainerConfig
-from neuroscribe.llm.base import EMBEDDED_SPEC, LOCAL_PREFIX
+from neuroscribe.llm.base import DEFAULT_SIMULATOR_SPEC, EMBEDDED_SPEC, LOCAL_PREFIX
 from neuroscribe.splits import SplitConfig
 
 
@@ -103,9 +103,25 @@ class ExplainSection(_Section):
         return v
 
 
+# Scorers that read the default model's simulation adapter; every other scorer (judges,
+# embedding, output-side) reads the plain embedded model when given the default.
+ADAPTER_SCORERS = ("simulation",)
+
+
+def model_for_scorer(scorer: str, spec: str) -> str:
+    """The model `scorer` runs on when the score section names `spec`: the default
+    trained simulator (the embedded model with its simulation adapter) is for
+    simulating, so any other scorer given it reads the plain embedded model."""
+    if spec == DEFAULT_SIMULATOR_SPEC and scorer not in ADAPTER_SCORERS:
+        return EMBEDDED_SPEC
+    return spec
+
+
 class ScoreSection(_Section):
     scorer: str = "simulation"  # registry name (neuroscribe.scorer.registry)
-    model: str = EMBEDDED_SPEC
+    # The simulation scorer's default is the embedded model with its trained simulation
+    # adapter; the other scorers get the plain embedded model (`model_for_scorer`).
+    model: str = DEFAULT_SIMULATOR_SPEC
     strategy: str = "auto"
     # The simulation prompt version (prompts.simulate.SIMULATION_STYLES); it applies to the
     # all-at-once strategies (exact, prompt-logprobs). None: the default version.
@@ -129,6 +145,15 @@ class ScoreSection(_Section):
         from neuroscribe.scorer.registry import SCORERS
 
         return _one_of(v, SCORERS, "scorer")
+
+    @model_validator(mode="after")
+    def _scorer_model(self) -> ScoreSection:
+        # Resolved here, once, so the config hash, the manifest and every reader of
+        # `score.model` name the model the scorer actually runs on.
+        model = model_for_scorer(self.scorer, self.model)
+        if model != self.model:
+            object.__setattr__(self, "model", model)
+        return self
 
     @field_validator("strategy")
     @classmethod

@@ -21,7 +21,7 @@ from neuroscribe import api
 from neuroscribe.cli._jobs import hooks, print_estimates
 from neuroscribe.cli.app import app, make_console
 from neuroscribe.config import RunConfig
-from neuroscribe.llm.base import EMBEDDED_SPEC
+from neuroscribe.llm.base import DEFAULT_SIMULATOR_SPEC, EMBEDDED_SPEC
 from neuroscribe.rundir import RunDir
 
 console = make_console()
@@ -81,7 +81,9 @@ SimulatorOpt = Annotated[
     typer.Option(
         "--simulator",
         help="The scorer's model: the simulator for the simulation scorer "
-        "(same forms as --explainer).",
+        "(same forms as --explainer). Default: the embedded model with its trained "
+        "simulation adapter (hf:embedded?adapter=simulator); scorers that do not simulate "
+        "read plain hf:embedded.",
     ),
 ]
 ScorerOpt = Annotated[
@@ -305,7 +307,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "k": (KOpt, None),
     "select_scorer": (SelectScorerOpt, None),
     "rounds": (RoundsOpt, None),
-    "simulator": (SimulatorOpt, EMBEDDED_SPEC),
+    "simulator": (SimulatorOpt, DEFAULT_SIMULATOR_SPEC),
     "scorer": (ScorerOpt, "simulation"),
     "base_url": (BaseUrlOpt, None),
     "api_key": (ApiKeyOpt, None),

@@ -27,7 +27,12 @@ def checks_dir() -> Path:
 
 
 def check_key(simulator: str, strategy: str, prompt_version: str) -> str:
-    raw = json.dumps([simulator, strategy, prompt_version])
+    from neuroscribe.llm.lora import adapter_digest
+
+    # The adapter's weights too (see `adapter_digest`): a retrained bundled adapter
+    # has no check result until it is checked.
+    digest = adapter_digest(simulator)
+    raw = json.dumps([simulator, strategy, prompt_version, *([digest] if digest else [])])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

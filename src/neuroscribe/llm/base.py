@@ -109,6 +109,11 @@ LOCAL_PREFIX = "hf:"
 EMBEDDED_SPEC = "hf:embedded"
 # The embedded model with its bundled simulation adapter (neuroscribe.llm.lora.BUNDLED).
 TUNED_SIMULATOR_SPEC = "hf:embedded?adapter=simulator"
+# The score section's default model: the trained simulator, because on the ground-truth
+# suite it ranks true explanations above false ones where the plain model does not
+# (bench/README.md). Scorers that do not simulate read the plain model instead
+# (`config.model_for_scorer`): the adapter was trained to simulate, not to judge.
+DEFAULT_SIMULATOR_SPEC = TUNED_SIMULATOR_SPEC
 
 
 def is_local_spec(spec: str) -> bool:

@@ -12,6 +12,8 @@ a metadata entry `scale`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,35 @@ def adapter_prompt(spec: str | None) -> str | None:
 
     name = split_spec(spec)[1].get("adapter")
     return metadata(resolve_adapter(name)).get("prompt") if name else None
+
+
+def adapter_digest(spec: str | None) -> str | None:
+    """A short content hash of a local spec's adapter file (None: no adapter, or a file
+    this machine does not have). The spec names the adapter, the digest its weights: a
+    retrained bundled adapter keeps its name (`adapter=simulator`), so results and check
+    reports are keyed by the digest too and never mix two adapters' numbers."""
+    if not spec or "?" not in spec:
+        return None
+    from neuroscribe.llm.local import split_spec
+
+    try:
+        name = split_spec(spec)[1].get("adapter")
+        if not name:
+            return None
+        path = resolve_adapter(name)
+        stat = path.stat()
+    except (ConfigError, OSError):
+        return None
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _targets(model: Any, targets: Iterable[str]) -> list[tuple[str, Any]]:

@@ -172,13 +172,21 @@ class SimulationScorer(ScorerParts):
     def config(self) -> dict[str, Any]:
         # The same keys as neuroscribe 0.1's simulate stage, so a run it started resumes
         # in the same key space (the stage adds the split settings).
-        return {
+        from neuroscribe.llm.lora import adapter_digest
+
+        out = {
             "simulator": self.model,
             "strategy": self.strategy,
             "prompt_version": self.prompt_version,
             "scale_max": self.scale_max,
             "n_examples": self.n_examples,
         }
+        # An adapter's weights, not only its name: a retrained bundled adapter starts a
+        # new key space (specs without an adapter keep their 0.1 keys).
+        digest = adapter_digest(self.model)
+        if digest:
+            out["adapter"] = digest
+        return out
 
     def comparable(self) -> dict[str, Any]:
         return simulation_comparable(self.model, self.strategy, self.prompt_version)

@@ -51,15 +51,16 @@ def _validated(model: Any, data: dict[str, Any]) -> Any:
         raise ConfigError("; ".join(msgs)) from None
 
 
-def _check_strategy(req: SimulateRequest) -> None:
-    # The same checks as a job's score section (unknown names are a 4xx, not a 500).
+def _check_strategy(req: SimulateRequest) -> str:
+    """The same checks as a job's score section (unknown names are a 4xx, not a 500);
+    the model the scorer runs on (the section's, e.g. plain for a judge)."""
     from neuroscribe.config import ScoreSection
 
     data = {"model": req.model, "strategy": req.strategy, "prompt": req.prompt,
             "n_examples": req.n_examples}  # fmt: skip
     if isinstance(req, ScoreRequest):
         data["scorer"] = req.scorer
-    _validated(ScoreSection, data)
+    return _validated(ScoreSection, data).model
 
 
 async def explain(s: Scheduler, req: ExplainRequest) -> dict[str, Any]:
@@ -132,11 +133,11 @@ async def score(s: Scheduler, req: ScoreRequest) -> dict[str, Any]:
     from neuroscribe.scorer.base import ScoreTask
     from neuroscribe.scorer.registry import scorer_factory
 
-    _check_strategy(req)
+    model = _check_strategy(req)
     records = [_record(x) for x in req.excerpts]
     if not any(x.kind == "top" for x in req.excerpts):
         raise ConfigError('score needs at least one excerpt of kind "top"')
-    llm = await s.model(req.model, req.endpoint.base_url, req.endpoint.api_key, req.timeout)
+    llm = await s.model(model, req.endpoint.base_url, req.endpoint.api_key, req.timeout)
     scorer = await scorer_factory(req.scorer).build(
         llm, strategy=req.strategy, n_examples=req.n_examples, prompt_version=req.prompt
     )
@@ -165,7 +166,7 @@ async def score(s: Scheduler, req: ScoreRequest) -> dict[str, Any]:
     out = await scorer.score(task)
     sims = out.writes.get("simulations")
     return {
-        "model": req.model,
+        "model": model,
         "scorer": req.scorer,
         "metrics": dict(out.metrics),
         "primary_metric": out.primary_metric,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from neuroscribe.llm.base import EMBEDDED_SPEC
+from neuroscribe.llm.base import DEFAULT_SIMULATOR_SPEC, EMBEDDED_SPEC
 from neuroscribe.schema import NeuronRecord
 
 MAX_TOKENS_PER_EXCERPT = 4096
@@ -166,6 +166,9 @@ class ExplainResponse(BaseModel):
 class SimulateRequest(_ModelCall):
     """Simulate an explanation on excerpts: the expected activation of every token."""
 
+    # The default simulator, as for jobs: the embedded model with its trained simulation
+    # adapter (a scorer that does not simulate reads the plain model).
+    model: str = Field(DEFAULT_SIMULATOR_SPEC, min_length=1, max_length=500)
     explanation: str = Field(..., min_length=1, max_length=2000)
     excerpts: list[ExcerptIn] = Field(..., min_length=1, max_length=MAX_EXCERPTS)
     strategy: str = Field("auto", max_length=50)
