@@ -162,8 +162,10 @@ def training_rules(
              ">": "greater-than signs", "@": "at signs"}  # fmt: skip
     for ch, name in names.items():
         out[name] = R.Rule(name, R.by_token(lambda t, c=ch: c in t and not R.is_word(t)))
-    if recipe == "v2":
+    if recipe in ("v2", "v3"):
         _more_families(out, groups, frequent, windows)
+    if recipe == "v3":
+        _graded_families(out, groups, frequent)
     rules = {text: r for text, r in out.items() if allowed(text)}
     groups = [[t for t in g if t in rules] for g in groups]
     return list(rules.values()), [g for g in groups if len(g) > 1]
@@ -231,6 +233,61 @@ def _more_families(out: dict, groups: list[list[str]], frequent: list[str], wind
         "words with a double letter, such as ll, ss or ee",
         R.by_token(lambda t: R.is_word(t) and re.search(r"(.)\1", R.word(t)) is not None),
     )
+
+
+def _graded_families(out: dict, groups: list[list[str]], frequent: list[str]) -> None:
+    """Recipe v3: graded shapes on concepts the test half does not use — a word stronger
+    each time it comes again, and the words after a character stronger for each later one
+    on the line — each contrasted with its flat version."""
+    from neuroscribe.groundtruth import rules as R
+
+    for w in frequent[:30]:
+        text = f"the word {w}, stronger each time it comes again"
+        out[text] = R.Rule(text, _stronger_on_repeat(w))
+        groups.append([text, f"the word {w}"])
+    for ch, (one, _many) in CHAR_NAMES.items():
+        if ch == "\n":
+            continue
+        text = f"the words after {one}, stronger for each later word on its line"
+        out[text] = R.Rule(text, _rising_after(ch))
+        groups.append([text, f"text after {one} up to the end of its line"])
+
+
+def _stronger_on_repeat(w: str):
+    from neuroscribe.groundtruth import rules as R
+
+    def fn(tokens):
+        out, seen = [], 0
+        for t in tokens:
+            if R.is_word(t) and R.word(t) == w:
+                seen += 1
+                out.append(min(HIGH, HIGH * seen / 3))
+            else:
+                out.append(0.0)
+        return out
+
+    return fn
+
+
+def _rising_after(ch: str):
+    """The k-th word after `ch` on its line gets 2k (up to 10)."""
+    from neuroscribe.groundtruth import rules as R
+
+    def fn(tokens):
+        out, k = [], 0
+        for t in tokens:
+            if "\n" in t:
+                k = 0
+            if k and R.is_word(t):
+                out.append(min(HIGH, 2.0 * k))
+                k += 1
+            else:
+                out.append(0.0)
+            if ch in t:
+                k = 1
+        return out
+
+    return fn
 
 
 def _after_to_eol(ch: str):
@@ -313,9 +370,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--recipe",
-        choices=("v1", "v2"),
+        choices=("v1", "v2", "v3"),
         default="v2",
-        help="training rules: v1 (the first bundled adapter's) or v2 (more rule shapes)",
+        help="training rules: v1 (the first bundled adapter's), v2 (more rule shapes; the "
+        "bundled adapter's) or v3 (v2 and graded shapes)",
     )
     ap.add_argument(
         "--lora", type=int, default=0, help="train a rank-R adapter instead of every weight"
