@@ -166,6 +166,17 @@ def test_the_trained_simulator_is_the_default_for_simulation_only(tmp_path):
     assert selection_spec(config) == "hf:embedded?adapter=simulator"
 
 
+def test_the_service_simulates_with_the_trained_simulator_by_default():
+    from neuroscribe.service.calls import _check_strategy
+    from neuroscribe.service.models import ScoreRequest, SimulateRequest
+
+    excerpt = {"tokens": [" the", " cat"], "activations": [0.0, 1.0], "kind": "top"}
+    sim = SimulateRequest(explanation="cats", excerpts=[excerpt])
+    assert _check_strategy(sim) == "hf:embedded?adapter=simulator"
+    judge = ScoreRequest(explanation="cats", excerpts=[excerpt], scorer="detection")
+    assert _check_strategy(judge) == "hf:embedded"
+
+
 def test_a_retrained_adapter_under_the_same_spec_gets_new_keys(tmp_path):
     """The spec names the adapter file; its weights change when it is retrained. Scores
     and check reports are keyed by the weights too, so old numbers are never reused."""
