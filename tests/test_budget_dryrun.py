@@ -130,6 +130,8 @@ def test_dry_run_counts_the_prompts_the_job_would_send_and_sends_nothing(tmp_pat
     assert f"{est.prompt_tokens:,}" in r.stdout
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_dry_run_uses_the_local_models_own_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 

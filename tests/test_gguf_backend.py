@@ -46,6 +46,8 @@ def test_greedy_chat_is_repeatable_and_counts_tokens(llm):
     assert first.usage.cost_usd is None
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_sampling_gives_n_answers_and_greedy_n_copies(llm):
     sampled = asyncio.run(llm.chat(MESSAGES, n=3, temperature=1.0, max_tokens=8))
     assert len(sampled.choices) == 3

@@ -219,6 +219,8 @@ def test_a_forced_strategy_the_backend_lacks_fails_as_output_not_silently():
         run(make_simulator(llm, "exact"))
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_local_backend_capabilities_choose_exact():
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -85,6 +85,8 @@ def test_specs_local_only_with_the_prefix(tmp_path):
     assert isinstance(LocalLLM("hf:embedded"), LLM)
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_a_folder_is_loaded_once_and_shared(tmp_path, tokenizer):
     folder = tmp_path / "tiny-model"
     tiny_llama(len(tokenizer)).save_pretrained(folder)
@@ -98,6 +100,8 @@ def test_a_folder_is_loaded_once_and_shared(tmp_path, tokenizer):
         load_local_model(f"hf:{folder}", device="cpu", dtype="int3")
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_a_spec_carries_its_dtype_to_every_loader(tmp_path, tokenizer):
     folder = tmp_path / "tiny-model"
     tiny_llama(len(tokenizer)).save_pretrained(folder)

@@ -73,6 +73,8 @@ def test_an_adapter_for_another_model_is_refused_whole(tmp_path):
         lora.merge(model, tmp_path / "missing.safetensors")
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_a_spec_names_an_adapter_and_loads_it_merged(tmp_path):
     folder = tiny_model_dir(tmp_path / "tiny")
     path = tmp_path / "adapter.safetensors"
@@ -184,11 +186,15 @@ def test_a_retrained_adapter_under_the_same_spec_gets_new_keys(tmp_path):
     from neuroscribe.scorer.simulation import SimulationScorer
 
     path = tmp_path / "adapter.safetensors"
-    lora.save(_trained(tiny_model("llama"), seed=1), path, {"prompt": "simulate-tuned-v1"})
+    adapters = _trained(tiny_model("llama"), seed=1)
+    lora.save(adapters, path, {"prompt": "simulate-tuned-v1"})
     spec = f"hf:embedded?adapter={path}"
     first = (SimulationScorer.planned(spec)[0].config(), check_key(spec, "exact", "v"))
     assert first[0]["adapter"] == lora.adapter_digest(spec)
-    lora.save(_trained(tiny_model("llama"), seed=2), path, {"prompt": "simulate-tuned-v1"})
+    for a in adapters.values():  # more training: other weights, the same file name
+        with torch.no_grad():
+            a.B.add_(0.01)
+    lora.save(adapters, path, {"prompt": "simulate-tuned-v1"})
     second = (SimulationScorer.planned(spec)[0].config(), check_key(spec, "exact", "v"))
     assert first[0]["adapter"] != second[0]["adapter"] and first[1] != second[1]
     # Without an adapter the keys are those of earlier versions (no digest in them).

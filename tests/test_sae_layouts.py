@@ -877,6 +877,8 @@ def test_flags_that_conflict_with_the_sae_folder(tmp_path):
     assert (one.module_path, one.hook_name) == ("model.layers.1", "blocks.1.hook_resid_post")
 
 
+# Loads a real (tiny) model: in the slow suite, which CI runs.
+@pytest.mark.slow
 def test_record_cli_conflicts_are_errors(tmp_path, llama_dir):
     folder, _ = write_gemma_mlp(tmp_path)
     for flags, what in (
