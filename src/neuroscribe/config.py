@@ -150,9 +150,7 @@ class ScoreSection(_Section):
     def _scorer_model(self) -> ScoreSection:
         # Resolved here, once, so the config hash, the manifest and every reader of
         # `score.model` name the model the scorer actually runs on.
-        model = model_for_scorer(self.scorer, self.model)
-        if model != self.model:
-            object.__setattr__(self, "model", model)
+        self.model = model_for_scorer(self.scorer, self.model)
         return self
 
     @field_validator("strategy")

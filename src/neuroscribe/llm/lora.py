@@ -55,12 +55,17 @@ def adapter_prompt(spec: str | None) -> str | None:
     """The simulation prompt a local spec's adapter was trained on (None: no adapter, or
     an adapter that declares none). A model trained without few-shot units simulates
     badly from another prompt, so a simulator given no prompt takes this one."""
+    name = _adapter_name(spec)
+    return metadata(resolve_adapter(name)).get("prompt") if name else None
+
+
+def _adapter_name(spec: str | None) -> str | None:
+    """The `adapter=` option of a local spec (None: none)."""
     if not spec or "?" not in spec:
         return None
     from neuroscribe.llm.local import split_spec
 
-    name = split_spec(spec)[1].get("adapter")
-    return metadata(resolve_adapter(name)).get("prompt") if name else None
+    return split_spec(spec)[1].get("adapter")
 
 
 def adapter_digest(spec: str | None) -> str | None:
@@ -68,12 +73,8 @@ def adapter_digest(spec: str | None) -> str | None:
     this machine does not have). The spec names the adapter, the digest its weights: a
     retrained bundled adapter keeps its name (`adapter=simulator`), so results and check
     reports are keyed by the digest too and never mix two adapters' numbers."""
-    if not spec or "?" not in spec:
-        return None
-    from neuroscribe.llm.local import split_spec
-
     try:
-        name = split_spec(spec)[1].get("adapter")
+        name = _adapter_name(spec)
         if not name:
             return None
         path = resolve_adapter(name)
