@@ -29,9 +29,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-# The prompt the model learns to read: simulate-v1's instructions and compact rows, no
-# few-shot units (the same ids as simulate-v1-compact with --n-examples 0).
-PROMPT = "simulate-tuned-v1"
+# The prompt the model learns to read by default: the excerpt inline after the
+# explanation, each token's value read at the token (`simulate-tuned-inline-v1`, the
+# bundled adapter's since 2026-12-06). `--prompt simulate-tuned-v1` trains on compact
+# rows instead (simulate-v1's instructions, no few-shot units; the earlier adapters).
+PROMPT = "simulate-tuned-inline-v1"
 
 # Concepts of the test half (true and false explanations): a training rule whose
 # explanation contains one of these is dropped, so test units stay unseen concepts.
@@ -376,6 +378,12 @@ def main() -> None:
         "bundled adapter's) or v3 (v2 and graded shapes)",
     )
     ap.add_argument(
+        "--prompt",
+        choices=("simulate-tuned-inline-v1", "simulate-tuned-v1"),
+        default=PROMPT,
+        help="the simulation prompt the model learns to read (recorded in the adapter)",
+    )
+    ap.add_argument(
         "--lora", type=int, default=0, help="train a rank-R adapter instead of every weight"
     )
     ap.add_argument(
@@ -423,7 +431,7 @@ def main() -> None:
     print(f"{len(rules)} training rules, {len(data)} examples, {len(windows)} windows", flush=True)
 
     def encode(expl: str, tokens: list[str], acts: list[float]):
-        sim = build_simulation_ids(tok, expl, [tokens], n_examples=0, prompt_version=PROMPT)
+        sim = build_simulation_ids(tok, expl, [tokens], n_examples=0, prompt_version=args.prompt)
         ids = sim.prefix + sim.excerpts[0].ids
         slots = [len(sim.prefix) + s for s in sim.excerpts[0].slots]
         top = sim.scale_max
@@ -468,7 +476,7 @@ def main() -> None:
     if adapters is not None:
         from neuroscribe.llm import lora
 
-        meta = {"rank": str(args.lora), "prompt": PROMPT, "base": "SmolLM2-135M"}
+        meta = {"rank": str(args.lora), "prompt": args.prompt, "base": "SmolLM2-135M"}
         lora.save(adapters, args.out / "adapter.safetensors", meta)
         # A merged copy too, so the check can load it as a plain hf:<folder> model.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -476,7 +484,7 @@ def main() -> None:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (args.out / "train.json").write_text(
-        json.dumps({"steps": step, "examples": seen, "rules": len(rules), "lr": args.lr,
+        json.dumps({"steps": step, "examples": seen, "rules": len(rules), "lr": args.lr, "prompt": args.prompt,
                     "minutes": (time.perf_counter() - start) / 60, "loss_last": losses[-20:]})
     )  # fmt: skip
     print(f"saved {out} after {step} steps, {seen} examples", flush=True)

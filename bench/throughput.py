@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from neuroscribe.llm.base import DEFAULT_SIMULATOR_SPEC
+
 
 def one_run(args: argparse.Namespace, units: int, run_dir: Path) -> dict:
     """The pipeline once, in this process; figures as a dict."""
@@ -133,7 +135,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16_000)
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--explainer", default="hf:embedded")
-    parser.add_argument("--simulator", default="hf:embedded")
+    # The package's default simulator (the trained one since 2026-12-06); `hf:embedded`
+    # is the plain model with simulate-v1, the default before.
+    parser.add_argument("--simulator", default=DEFAULT_SIMULATOR_SPEC)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prompt", default=None, help="simulation prompt version")
     parser.add_argument("--style", default=None, help="explain prompt style (rows, summary...)")

@@ -40,7 +40,7 @@ def _tiny_suite(path):
     [
         ("hf:embedded", "simulate-v1"),
         ("hf:embedded", "simulate-v2"),
-        (None, "simulate-tuned-v1"),  # the default: the trained simulator, its own prompt
+        (None, "simulate-tuned-inline-v1"),  # the default: the trained simulator, its own prompt
     ],
 )
 def test_check_simulator_on_the_embedded_model(tmp_path, monkeypatch, simulator, prompt):

@@ -298,10 +298,49 @@ def test_compact_rows_cost_a_token_less_per_row_and_read_the_same_slots(tiny):
         assert a.expected == pytest.approx(b.expected, abs=1e-4)
 
 
-def test_compact_rows_refuse_strategies_that_find_slots_in_text():
+@pytest.mark.parametrize("version", ["simulate-v1-compact", "simulate-tuned-inline-v1"])
+def test_slotless_prompts_refuse_strategies_that_find_slots_in_text(version):
     from neuroscribe.llm import make_llm
     from neuroscribe.simulator import make_simulator
 
     llm = make_llm("fake:rules")
     with pytest.raises(ConfigError, match="exact strategy only"):
-        asyncio.run(make_simulator(llm, "prompt-logprobs", prompt_version="simulate-v1-compact"))
+        asyncio.run(make_simulator(llm, "prompt-logprobs", prompt_version=version))
+
+
+INLINE = "simulate-tuned-inline-v1"
+
+
+def test_the_inline_layout_reads_every_token_at_its_own_position(tiny):
+    """One prompt token per (one-token) subject token, the text as it reads, and each
+    value read at the token itself; cached and naive agree."""
+    tok = tiny.tokenizer
+    rows = build_simulation_ids(tok, EXPLANATION, EXCERPTS[:3], prompt_version="simulate-tuned-v1")
+    inline = build_simulation_ids(tok, EXPLANATION, EXCERPTS[:3], prompt_version=INLINE)
+    suffix = len(inline.excerpts[0].ids) - (inline.excerpts[0].slots[-1] + 1)
+    for r, i, tokens in zip(rows.excerpts, inline.excerpts, EXCERPTS[:3], strict=True):
+        pieces = [tok(t, add_special_tokens=False)["input_ids"] for t in tokens]
+        assert len(i.slots) == len(tokens)
+        # Each token's value is read at its last id; nothing but the tokens in between.
+        assert i.ids[: i.slots[-1] + 1] == [x for p in pieces for x in p]
+        assert i.slots == [sum(len(p) for p in pieces[: k + 1]) - 1 for k in range(len(pieces))]
+        assert len(i.ids) - suffix < len(r.ids) / 2
+    # A newline token stands as itself, not as the rows' escaped "\\n".
+    text = build_simulation_prompt(EXPLANATION, EXCERPTS[2], version=INLINE).text()
+    assert " tabs\t and\n<end>" in text
+    cached = ExactSimulator("hf:tiny", loaded=tiny, prompt_version=INLINE, batch_size=2)
+    naive = ExactSimulator("hf:tiny", loaded=tiny, prompt_version=INLINE, mode="naive")
+    for a, b, tokens in zip(
+        cached.simulate_sync(EXPLANATION, EXCERPTS),
+        naive.simulate_sync(EXPLANATION, EXCERPTS),
+        EXCERPTS,
+        strict=True,
+    ):
+        assert len(a.expected) == len(tokens)
+        assert a.expected == pytest.approx(b.expected, abs=1e-4)
+
+
+def test_the_inline_layout_gives_an_empty_token_a_position(tiny):
+    sim = build_simulation_ids(tiny.tokenizer, EXPLANATION, [["a", "", "b"]], prompt_version=INLINE)
+    assert len(sim.excerpts[0].slots) == 3
+    assert len(set(sim.excerpts[0].slots)) == 3

@@ -122,7 +122,7 @@ def test_the_bundled_simulator_adapter_fits_the_embedded_model():
     b = tensors["model.layers.0.mlp.down_proj.lora_B"]
     assert a.shape[1] == 1536 and b.shape[0] == 576
     assert len({k.rsplit(".", 1)[0] for k in tensors}) == 7 * 30
-    assert lora.metadata(path)["prompt"] == "simulate-tuned-v1"
+    assert lora.metadata(path)["prompt"] == "simulate-tuned-inline-v1"
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_the_tuned_embedded_simulator_scores_true_explanations_higher():
     )
     report = asyncio.run(check_simulator_async(config, split="test"))
     s = report.summary
-    assert report.prompt_version == "simulate-tuned-v1"
+    assert report.prompt_version == "simulate-tuned-inline-v1"
     assert s.n_units >= 15
     assert s.mean_true_score > s.mean_false_score + 0.05
     assert s.top1_rate > s.chance_rate

@@ -56,7 +56,7 @@ def test_run_with_no_model_arguments_records_explains_simulates_scores(tmp_path)
     assert sims and all(s.strategy == "exact" and s.scale_max == 9 for s in sims)
     # The default simulator is the trained one, reading the prompt it was trained on.
     assert {(s.simulator, s.prompt_version) for s in sims} == {
-        ("hf:embedded?adapter=simulator", "simulate-tuned-v1")
+        ("hf:embedded?adapter=simulator", "simulate-tuned-inline-v1")
     }
     for s in sims:
         assert len(s.expected_activations) == len(s.tokens)

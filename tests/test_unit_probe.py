@@ -234,9 +234,7 @@ def test_sae_latents_match_the_recording_with_its_bos_prefix(tmp_path, corpus, s
 
 
 @pytest.mark.slow  # reruns the embedded model on other units' excerpts
-def test_other_unit_negatives_are_other_units_excerpts_where_this_one_stays_quiet(
-    mlp_run, store
-):
+def test_other_unit_negatives_are_other_units_excerpts_where_this_one_stays_quiet(mlp_run, store):
     # Detection's other-unit negatives (neuroscribe.scorer.other_units) with the real probe.
     import random
 

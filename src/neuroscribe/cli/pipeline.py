@@ -226,8 +226,9 @@ SimPromptOpt = Annotated[
         "--sim-prompt",
         help="Simulation prompt version for the exact and prompt-logprobs strategies: "
         "simulate-v1 (default), simulate-v2 (contrastive), simulate-v1-compact (exact "
-        "only) or simulate-tuned-v1 (for a simulator trained on the task; a LoRA "
-        "adapter's own prompt is the default); measure with `neuroscribe check simulator`.",
+        "only), simulate-tuned-v1 or simulate-tuned-inline-v1 (exact only; for a "
+        "simulator trained on the task, a LoRA adapter's own prompt being the default); "
+        "measure with `neuroscribe check simulator`.",
     ),
 ]
 

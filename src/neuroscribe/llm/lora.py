@@ -26,8 +26,11 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # Adapters shipped with the package, by the name a spec gives them (`?adapter=simulator`).
 BUNDLED = {
     # SmolLM2-135M trained to simulate (bench/finetune_simulator.py): with the
-    # `simulate-tuned-v1` prompt; bench/README.md has its ground-truth figures.
-    "simulator": Path(__file__).parent / "adapters" / "smollm2-135m-simulate-tuned-v1.safetensors",
+    # `simulate-tuned-inline-v1` prompt (its metadata says so); bench/README.md has its
+    # ground-truth figures and those of the earlier row-layout adapters.
+    "simulator": Path(__file__).parent
+    / "adapters"
+    / "smollm2-135m-simulate-tuned-inline-v1.safetensors",
 }
 
 

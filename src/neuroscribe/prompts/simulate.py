@@ -67,6 +67,9 @@ class SimulationStyle:
     slot: str = UNKNOWN
     readout: str = "expected"
     contrast: str | None = None
+    # "rows": one `token<TAB>slot` line per token; "inline": the excerpt as it reads, the
+    # value of each token read at its own last position (one prompt token per token).
+    layout: str = "rows"
 
 
 def _header_v1(k: int, explanation: str) -> str:
@@ -119,8 +122,34 @@ STYLE_TUNED_V1 = SimulationStyle(
     slot="",
 )
 
+
+def _system_inline(scale_max: int) -> str:
+    return (
+        "You are predicting how a neuron of a language model responds to text. You get an "
+        "explanation of what the neuron looks for and an excerpt as it reads. At every "
+        f"token the neuron's activation is an integer from 0 (no response) to {scale_max} "
+        "(strongest response). Most tokens get 0; only tokens that match the explanation "
+        "get high values."
+    )
+
+
+# The prompt of a simulator trained on the inline layout (the bundled adapter since
+# 2026-12-06): the excerpt as plain text after the explanation, each token's value read
+# from the digit distribution at that token. One prompt token per subject token instead
+# of three, and the text reads as text (context rules need no reassembling of rows).
+# An untrained model reads a next-token guess there, not a value: tuned models only.
+STYLE_TUNED_INLINE_V1 = SimulationStyle(
+    version="simulate-tuned-inline-v1",
+    system=_system_inline,
+    examples=(),
+    header=_header_v1,
+    slot="",
+    layout="inline",
+)
+
 SIMULATION_STYLES: dict[str, SimulationStyle] = {
-    s.version: s for s in (STYLE_V1, STYLE_V2, STYLE_V1_COMPACT, STYLE_TUNED_V1)
+    s.version: s
+    for s in (STYLE_V1, STYLE_V2, STYLE_V1_COMPACT, STYLE_TUNED_V1, STYLE_TUNED_INLINE_V1)
 }
 # The default stays simulate-v1: on the ground-truth suite's dev half simulate-v2 did not
 # rank true explanations first more often with SmolLM2-135M (35% vs 40% of 20 units;
@@ -156,14 +185,21 @@ class SimulationPrompt:
     # Characters of `prefix` that do not depend on the explanation (instructions and
     # few-shot units): a local backend computes them once for every explanation.
     shared_chars: int = 0
+    layout: str = "rows"
 
     def row_head(self, i: int) -> str:
-        """Row i up to its value slot (the slot's distribution is read right after this)."""
-        return f"{self.rows[i]}\t"
+        """Row i up to its value slot (the slot's distribution is read right after this);
+        inline: the token itself."""
+        return self.rows[i] if self.layout == "inline" else f"{self.rows[i]}\t"
+
+    def row_fill(self, fill: str | None = None) -> str:
+        """What follows a row's head: the slot and a newline (nothing when inline)."""
+        if self.layout == "inline":
+            return ""
+        return f"{self.slot if fill is None else fill}\n"
 
     def text(self, fill: str | None = None) -> str:
-        fill = self.slot if fill is None else fill
-        body = "".join(f"{self.row_head(i)}{fill}\n" for i in range(len(self.rows)))
+        body = "".join(f"{self.row_head(i)}{self.row_fill(fill)}" for i in range(len(self.rows)))
         return self.prefix + body + self.suffix
 
 
@@ -185,7 +221,12 @@ def build_simulation_prompt(
     if n_examples is None:
         n_examples = default_examples(style)
     n_ex = min(n_examples, len(style.examples))
-    rows = [format_token(t) for t in tokens]
+    # Inline, a token stands as it is (newlines included); only an empty one needs a
+    # visible stand-in, or it would have no position to read its value from.
+    if style.layout == "inline":
+        rows = [t if t else format_token(t) for t in tokens]
+    else:
+        rows = [format_token(t) for t in tokens]
     while True:
         parts = [style.system(scale_max) + "\n"]
         for k, ex in enumerate(style.examples[:n_ex], start=1):
@@ -201,6 +242,7 @@ def build_simulation_prompt(
             prompt_version=style.version,
             slot=style.slot,
             shared_chars=shared,
+            layout=style.layout,
         )
         if max_prompt_tokens is None or count_tokens(prompt.text()) <= max_prompt_tokens:
             return prompt

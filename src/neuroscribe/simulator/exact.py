@@ -161,7 +161,8 @@ def build_simulation_ids(
     style = simulation_style(prompt_version)
     if n_examples is None:
         n_examples = default_examples(style)
-    unknown_ids = encode_after(tokenizer, "\t", [f"{style.slot}\n"])[0]
+    inline = style.layout == "inline"
+    unknown_ids = [] if inline else encode_after(tokenizer, "\t", [f"{style.slot}\n"])[0]
     longest = max((len(e) for e in excerpts), default=0)
     for k in range(n_examples, -1, -1):
 
@@ -184,7 +185,12 @@ def build_simulation_ids(
         for p in prompts[: len(excerpts)]:
             ids: list[int] = []
             slots = []
-            for _ in p.rows:
+            for i in range(len(p.rows)):
+                if not heads[h]:
+                    raise ConfigError(
+                        f"token {p.rows[i]!r} has no ids in the simulator's tokenizer, so "
+                        "there is no position to read its value from"
+                    )
                 ids.extend(heads[h])
                 slots.append(len(ids) - 1)
                 ids.extend(unknown_ids)
