@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from neuroscribe.errors import ConfigError
 from neuroscribe.prompts.examples import EXAMPLES, SIMULATION_EXAMPLES_V2, ExampleNeuron
@@ -138,13 +138,8 @@ def _system_inline(scale_max: int) -> str:
 # from the digit distribution at that token. One prompt token per subject token instead
 # of three, and the text reads as text (context rules need no reassembling of rows).
 # An untrained model reads a next-token guess there, not a value: tuned models only.
-STYLE_TUNED_INLINE_V1 = SimulationStyle(
-    version="simulate-tuned-inline-v1",
-    system=_system_inline,
-    examples=(),
-    header=_header_v1,
-    slot="",
-    layout="inline",
+STYLE_TUNED_INLINE_V1 = replace(
+    STYLE_TUNED_V1, version="simulate-tuned-inline-v1", system=_system_inline, layout="inline"
 )
 
 SIMULATION_STYLES: dict[str, SimulationStyle] = {
