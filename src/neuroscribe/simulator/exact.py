@@ -161,8 +161,6 @@ def build_simulation_ids(
     style = simulation_style(prompt_version)
     if n_examples is None:
         n_examples = default_examples(style)
-    inline = style.layout == "inline"
-    unknown_ids = [] if inline else encode_after(tokenizer, "\t", [f"{style.slot}\n"])[0]
     longest = max((len(e) for e in excerpts), default=0)
     for k in range(n_examples, -1, -1):
 
@@ -181,6 +179,8 @@ def build_simulation_ids(
         head_ids = dict(zip(distinct, encode_after(tokenizer, "\n", distinct), strict=True))
         heads = [head_ids[p.row_head(i)] for p in prompts for i in range(len(p.rows))]
         suffix = encode_after(tokenizer, "\n", [prompts[0].suffix])[0]
+        # What follows each row's head (`unknown` and a newline; nothing when inline).
+        fill_ids = encode_after(tokenizer, "\t", [prompts[0].row_fill()])[0]
         parts, h = [], 0
         for p in prompts[: len(excerpts)]:
             ids: list[int] = []
@@ -193,7 +193,7 @@ def build_simulation_ids(
                     )
                 ids.extend(heads[h])
                 slots.append(len(ids) - 1)
-                ids.extend(unknown_ids)
+                ids.extend(fill_ids)
                 h += 1
             ids.extend(suffix)
             parts.append(ExcerptIds(ids=ids, slots=slots))
