@@ -1,22 +1,24 @@
 """Study: can fine-tuning make the embedded 135M model a simulator that discriminates?
 
-    .venv/bin/python bench/finetune_simulator.py --minutes 20 --out /tmp/ns-ft
-    .venv/bin/python bench/groundtruth.py --models hf:/tmp/ns-ft/model \
-        --prompts simulate-v1-compact --n-examples 0 --split test
+    .venv/bin/python bench/finetune_simulator.py --lora 16 --minutes 20 --out /tmp/ns-ft
+    .venv/bin/neuroscribe check simulator --split dev \
+        --simulator 'hf:embedded?adapter=/tmp/ns-ft/adapter.safetensors'
 
 Prompting SmolLM2-135M leaves it at chance on the ground-truth suite (bench/README.md):
 the explanation barely moves its predictions. This script trains the model on the task
 itself: (explanation, excerpt) → per-token activation, with the targets computed by known
 rules applied to windows of the built-in corpus, in exactly the prompt the exact
-simulator builds (`simulate-v1-compact` with no few-shot units), the loss on each row's
-value distribution (the simulator's readout).
+simulator builds (`--prompt`: `simulate-tuned-inline-v1` by default, recorded in the
+adapter's metadata so a simulator reads it with the prompt it learnt), the loss on each
+slot's value distribution (the simulator's readout).
 
 Leakage: the ground-truth suite's *test* half must stay unseen. Training rules are the dev
-half's rules (true and false) plus generated families (the word X, the words X, Y and Z,
-the word right after / before X, words ending in -S, words starting with L, the
-character C), and every rule whose explanation names a concept of a test unit (its true
-or its false explanations: the keyword list below) is dropped. Only the test half is
-reported.
+half's rules (true and false) plus generated families (`--recipe`: the word X, the words
+X, Y and Z, the word right after / before X, words ending in -S, words starting with L,
+the character C, and the shapes and concepts of recipes v2–v4), and every rule whose
+explanation names a concept of a test unit (its true or its false explanations: the
+keyword list below) is dropped. A stage is chosen on the dev half; only then is the test
+half read.
 """
 
 from __future__ import annotations
@@ -164,10 +166,12 @@ def training_rules(
              ">": "greater-than signs", "@": "at signs"}  # fmt: skip
     for ch, name in names.items():
         out[name] = R.Rule(name, R.by_token(lambda t, c=ch: c in t and not R.is_word(t)))
-    if recipe in ("v2", "v3"):
+    if recipe in ("v2", "v3", "v4"):
         _more_families(out, groups, frequent, windows)
-    if recipe == "v3":
+    if recipe in ("v3", "v4"):
         _graded_families(out, groups, frequent)
+    if recipe == "v4":
+        _concept_families(out, groups, windows)
     rules = {text: r for text, r in out.items() if allowed(text)}
     groups = [[t for t in g if t in rules] for g in groups]
     return list(rules.values()), [g for g in groups if len(g) > 1]
@@ -253,6 +257,66 @@ def _graded_families(out: dict, groups: list[list[str]], frequent: list[str]) ->
         text = f"the words after {one}, stronger for each later word on its line"
         out[text] = R.Rule(text, _rising_after(ch))
         groups.append([text, f"text after {one} up to the end of its line"])
+
+
+# Recipe v4: word concepts of the corpus (Python's documentation) that no test unit names,
+# as (concept, its words; the first three are the ones the explanation cites).
+CONCEPTS = (
+    ("quantifiers", ("all", "some", "any", "each", "both", "most", "multiple", "many")),
+    ("words about order in time", ("before", "after", "then", "until", "during", "once", "since")),
+    ("question words", ("what", "which", "where", "when", "how", "whether", "whose", "why")),
+    ("built-in type names", ("int", "dict", "tuple", "float", "bytes", "bool", "set", "str")),
+    ("verbs that change a collection", ("add", "remove", "insert", "append", "pop", "delete",
+                                        "update", "clear", "extend")),
+    ("words about scope", ("global", "local", "namespace", "scope", "nonlocal", "binding")),
+    ("comparison words", ("equal", "less", "same", "different", "equivalent", "similar",
+                          "equality", "compare", "comparison")),
+    ("words for collections", ("sequence", "mapping", "container", "sequences", "elements",
+                               "items", "collections")),
+    ("words about running code", ("execute", "executed", "execution", "evaluate", "evaluated",
+                                  "evaluation", "interpreter", "runtime", "run")),
+    ("words about iterating", ("iterator", "iteration", "loop", "yield", "generator", "iter")),
+    ("adjectives such as empty and new", ("empty", "new", "special", "simple", "valid", "common",
+                                          "normal", "custom", "arbitrary", "single")),
+    ("words about text characters", ("character", "characters", "unicode", "ascii", "text",
+                                     "char", "encoding")),
+    ("words about documentation", ("note", "see", "example", "details", "described",
+                                   "documentation", "examples", "notes")),
+    ("verbs ending a process, such as stop, exit and break", ("stop", "exit", "break", "end",
+                                                              "finally", "close", "abort")),
+)  # fmt: skip
+
+
+def _concept_families(out: dict, groups: list[list[str]], windows) -> None:
+    """Recipe v4: word concepts, each with the hard false explanations the suite uses on
+    its own units — over-specific (one of its words), right words in the wrong context
+    (only in code), a neighbouring concept — contrasted on the same windows, and the
+    concept in two phrasings (cited examples or not), so the wording of an explanation
+    matters less than what it names."""
+    from neuroscribe.groundtruth import rules as R
+
+    counts = Counter(R.word(t) for w in windows for t in w if R.is_word(t))
+    names = []
+    for concept, ws in CONCEPTS:
+        present = [w for w in ws if counts[w] >= 3]
+        if len(present) < 3:
+            continue
+        cited = f"{concept}, such as {present[0]}, {present[1]} and {present[2]}"
+        if "such as" in concept:
+            cited = concept
+        plain = f"{concept} ({', '.join(present)})"
+        out[cited] = R.Rule(cited, R.words(*present))
+        out[plain] = R.Rule(plain, R.words(*present))
+        one = f"the word {present[0]}"
+        out.setdefault(one, R.Rule(one, R.words(present[0])))
+        code = f"{cited}, only in code"
+        out[code] = R.Rule(code, R.in_code(R.words(*present)))
+        prose = f"{concept} in prose, not in code"
+        out[prose] = R.Rule(prose, R.in_prose(R.words(*present)))
+        names.append(cited)
+        groups.append([cited, one, code, prose])
+    for a, b in zip(names, names[1:] + names[:1], strict=True):
+        groups.append([a, b])
 
 
 def _stronger_on_repeat(w: str):
@@ -372,10 +436,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--recipe",
-        choices=("v1", "v2", "v3"),
+        choices=("v1", "v2", "v3", "v4"),
         default="v2",
-        help="training rules: v1 (the first bundled adapter's), v2 (more rule shapes; the "
-        "bundled adapter's) or v3 (v2 and graded shapes)",
+        help="training rules: v1 (the first bundled adapter's), v2 (more rule shapes), v3 (v2 "
+        "and graded shapes; the bundled adapter's last stage) or v4 (v3 and word concepts "
+        "with their hard false explanations)",
     )
     ap.add_argument(
         "--prompt",

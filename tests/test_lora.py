@@ -199,3 +199,41 @@ def test_a_retrained_adapter_under_the_same_spec_gets_new_keys(tmp_path):
     assert first[0]["adapter"] != second[0]["adapter"] and first[1] != second[1]
     # Without an adapter the keys are those of earlier versions (no digest in them).
     assert "adapter" not in SimulationScorer.planned("hf:embedded")[0].config()
+
+
+def test_a_soup_of_adapters_applies_their_average_update(tmp_path):
+    """bench/lora_soup.py: one adapter whose merged update is the mean of the inputs'."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "lora_soup.py"
+    spec = importlib.util.spec_from_file_location("lora_soup", script)
+    soup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soup)
+
+    paths = []
+    for seed in (1, 2):
+        path = tmp_path / f"a{seed}.safetensors"
+        lora.save(_trained(tiny_model("llama"), seed), path, {"rank": "4", "prompt": "p"})
+        paths.append(path)
+    out = tmp_path / "soup.safetensors"
+    assert soup.soup(paths, out)["rank"] == "8"
+
+    def weights(*adapters):
+        model = tiny_model("llama")
+        for a in adapters:
+            lora.merge(model, a)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    base, one, two, mixed = weights(), weights(paths[0]), weights(paths[1]), weights(out)
+    changed = 0
+    for name, w in base.items():
+        expected = w + ((one[name] - w) + (two[name] - w)) / 2
+        assert torch.allclose(mixed[name], expected, atol=1e-3), name
+        changed += not torch.equal(mixed[name], w)
+    assert changed == 7 * tiny_model("llama").config.num_hidden_layers
+
+    other = tmp_path / "other.safetensors"
+    lora.save(_trained(tiny_model("llama"), 3), other, {"rank": "4", "prompt": "q"})
+    with pytest.raises(SystemExit, match="prompt"):
+        soup.soup([paths[0], other], tmp_path / "bad.safetensors")
