@@ -171,7 +171,7 @@ def training_rules(
     if recipe in ("v3", "v4"):
         _graded_families(out, groups, frequent)
     if recipe == "v4":
-        _concept_families(out, groups, windows)
+        _concept_families(out, groups, counts)
     rules = {text: r for text, r in out.items() if allowed(text)}
     groups = [[t for t in g if t in rules] for g in groups]
     return list(rules.values()), [g for g in groups if len(g) > 1]
@@ -287,7 +287,7 @@ CONCEPTS = (
 )  # fmt: skip
 
 
-def _concept_families(out: dict, groups: list[list[str]], windows) -> None:
+def _concept_families(out: dict, groups: list[list[str]], counts: Counter) -> None:
     """Recipe v4: word concepts, each with the hard false explanations the suite uses on
     its own units — over-specific (one of its words), right words in the wrong context
     (only in code), a neighbouring concept — contrasted on the same windows, and the
@@ -295,7 +295,6 @@ def _concept_families(out: dict, groups: list[list[str]], windows) -> None:
     matters less than what it names."""
     from neuroscribe.groundtruth import rules as R
 
-    counts = Counter(R.word(t) for w in windows for t in w if R.is_word(t))
     names = []
     for concept, ws in CONCEPTS:
         present = [w for w in ws if counts[w] >= 3]

@@ -19,15 +19,12 @@ from pathlib import Path
 
 def soup(paths: list[Path], out: Path) -> dict[str, str]:
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    tensors, metas = [], []
-    for p in paths:
-        with safe_open(str(p), framework="pt") as f:
-            metas.append(dict(f.metadata() or {}))
-            keys = list(f.keys())
-            tensors.append({k: f.get_tensor(k).float() for k in keys})
+    from neuroscribe.llm import lora
+
+    metas = [lora.metadata(p) for p in paths]
+    tensors = [{k: v.float() for k, v in load_file(str(p)).items()} for p in paths]
     for field in ("scale", "prompt"):
         if len({m.get(field) for m in metas}) != 1:
             raise SystemExit(f"adapters differ in {field}: {[m.get(field) for m in metas]}")
