@@ -130,6 +130,7 @@ def test_cli_refuses_mismatch_unless_allowed(tmp_path, cli):
     assert "WARNING" in res.output and "different simulator" in res.output
 
 
+@pytest.mark.slow
 def test_cli_writes_all_outputs(two_runs, tmp_path, cli):
     ra, rb, _, _ = two_runs
     out = tmp_path / "out"
@@ -234,6 +235,7 @@ def test_a_run_mixing_settings_is_reported(tmp_path):
     assert c.mismatches == ["a mixes several simulation prompt versions: ['sim-v1', 'sim-v2']"]
 
 
+@pytest.mark.slow
 def test_v1_scores_compare_identically(two_runs, tmp_path):
     ra, rb, _, _ = two_runs
     old = tmp_path / "old" / "run_a"

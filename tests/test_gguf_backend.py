@@ -36,6 +36,7 @@ def test_the_embedded_file_runs_without_conversion(llm):
     assert caps.count_tokens("hello world") == 2
 
 
+@pytest.mark.slow
 def test_greedy_chat_is_repeatable_and_counts_tokens(llm):
     first = asyncio.run(llm.chat(MESSAGES, temperature=0, max_tokens=12))
     again = asyncio.run(llm.chat(MESSAGES, temperature=0, max_tokens=12))
@@ -56,6 +57,7 @@ def test_sampling_gives_n_answers_and_greedy_n_copies(llm):
     assert greedy.choices[0].text == greedy.choices[1].text
 
 
+@pytest.mark.slow
 def test_concurrent_calls_are_all_answered(llm):
     async def many():
         return await asyncio.gather(

@@ -3,6 +3,8 @@ the same configuration, recorded in the run manifest, and shouted by `compare`."
 
 from __future__ import annotations
 
+import pytest
+
 from _cli import run_cli
 from _reportruns import make_run
 from neuroscribe.groundtruth.check import CandidateResult, CheckReport, UnitCheck, summarize
@@ -60,6 +62,7 @@ def test_compare_warns_loudly_when_the_simulator_failed_its_check(tmp_path):
     assert "cannot tell explanations apart" in text
 
 
+@pytest.mark.slow
 def test_compare_notes_an_unchecked_simulator_and_is_quiet_for_a_trusted_one(tmp_path):
     a = make_run(tmp_path / "a", {"tiny/gpt/0/1": [0.2], "tiny/gpt/0/2": [0.3]})
     b = make_run(tmp_path / "b", {"tiny/gpt/0/1": [0.4], "tiny/gpt/0/2": [0.5]})

@@ -319,6 +319,7 @@ def _train() -> list[Excerpt]:
     return [Excerpt("top:0", "top", "train", rec)]
 
 
+@pytest.mark.slow
 def test_runaway_explanations_are_not_usable_and_their_raw_text_is_cut():
     assert clean_explanation("w" * MAX_EXPLANATION_CHARS) is not None
     assert clean_explanation("w" * (MAX_EXPLANATION_CHARS + 1)) is None

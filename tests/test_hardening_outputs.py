@@ -266,6 +266,7 @@ def test_make_server_rejects_a_bad_port(run_dir):
         make_server(load_run(run_dir), port=70000)
 
 
+@pytest.mark.slow
 def test_serve_checks_the_host_header(run_dir):
     srv = make_server(load_run(run_dir), port=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()

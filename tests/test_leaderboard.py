@@ -372,6 +372,7 @@ def _answers(request, **params):
     return json.dumps({"activations": [5 if r.split()[0] in named else 0 for r in rows]})
 
 
+@pytest.mark.slow
 def test_the_grid_explains_every_cell_scores_everything_and_resumes(tmp_path, monkeypatch, caplog):
     from test_stages import SPLITS, make_run
 
@@ -421,6 +422,7 @@ def test_the_grid_explains_every_cell_scores_everything_and_resumes(tmp_path, mo
     assert board.row("random").mean < board.row("token-rows · explain-v1 · fake:a").mean
 
 
+@pytest.mark.slow
 def test_best_of_k_in_the_grid_books_its_selection_tokens(tmp_path, monkeypatch):
     from test_explain_methods import _record
 

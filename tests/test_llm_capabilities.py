@@ -121,6 +121,7 @@ def test_backend_info_without_building_anything():
     assert name == "fake"
 
 
+@pytest.mark.slow
 def test_local_token_counter_and_offline_capabilities_use_the_tokenizer():
     info = backend_info("hf:embedded")
     count_text, count_chat, name = info.token_counter("hf:embedded")

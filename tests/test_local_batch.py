@@ -60,6 +60,7 @@ def answer_all(llm: LocalLLM, chats, **kw):
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_batched_prefix_cached_answers_match_one_at_a_time(tokenizer):
     tiny = tiny_model(tokenizer)
     plain = LocalLLM("hf:tiny", loaded=tiny, max_batch=1, prefix_cache=False)

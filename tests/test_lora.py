@@ -95,6 +95,7 @@ def test_a_spec_names_an_adapter_and_loads_it_merged(tmp_path):
         split_spec(f"hf:{folder}?adapter=nope.safetensors")
 
 
+@pytest.mark.slow
 def test_a_simulator_reads_the_prompt_its_adapter_was_trained_on(tmp_path):
     from neuroscribe.scorer.simulation import SimulationScorer
     from neuroscribe.simulator.exact import ExactSimulator
@@ -179,6 +180,7 @@ def test_the_service_simulates_with_the_trained_simulator_by_default():
     assert _check_strategy(judge) == "hf:embedded"
 
 
+@pytest.mark.slow
 def test_a_retrained_adapter_under_the_same_spec_gets_new_keys(tmp_path):
     """The spec names the adapter file; its weights change when it is retrained. Scores
     and check reports are keyed by the weights too, so old numbers are never reused."""

@@ -152,6 +152,7 @@ def test_rating_and_choice_parsing_take_only_clear_answers():
 # ---------------------------------------------------------------- logit lens
 
 
+@pytest.mark.slow
 def test_promoted_tokens_are_the_top_of_unembedding_times_direction(tiny_dir, store):
     loaded = load_local_model(f"hf:{tiny_dir}", store=store)
     model = loaded.model

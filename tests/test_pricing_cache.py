@@ -153,6 +153,7 @@ def test_unopenable_cache_is_a_config_error(tmp_path):
 # ---------------------------------------------------------------------------- limits
 
 
+@pytest.mark.slow
 def test_token_bucket_limits_rate_after_burst():
     async def main() -> float:
         bucket = TokenBucket(per_minute=600, capacity=1)  # 10 per second, no burst
@@ -165,6 +166,7 @@ def test_token_bucket_limits_rate_after_burst():
     assert 0.45 <= elapsed < 1.5  # first is free, 5 more at 0.1 s each
 
 
+@pytest.mark.slow
 def test_token_bucket_charge_creates_debt():
     async def main() -> float:
         bucket = TokenBucket(per_minute=6000, capacity=100)  # 100 per second

@@ -176,6 +176,7 @@ def test_the_engine_does_items_where_its_executor_says_and_in_process_by_default
     assert lines(a) == lines(b) and len(lines(b)["explanations"]) == 3
 
 
+@pytest.mark.slow
 def test_workers_that_never_planned_resume_a_job_exactly_as_one_process(tmp_path):
     # An interrupted job: one unit has 1 of its 2 samples, one explanation has one of
     # its two simulations stored but no score. Resumed by one process and by workers
@@ -398,6 +399,7 @@ def test_every_rate_layer_of_a_workers_models_takes_from_the_shared_limits():
         asyncio.run(SharedLimits(rpm=60, tpm=None).acquire("x", "tpm"))
 
 
+@pytest.mark.slow
 def test_ray_flags_map_to_the_job_section_and_need_each_other(tmp_path):
     from neuroscribe.cli.pipeline import _config
 

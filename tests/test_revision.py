@@ -116,6 +116,7 @@ def revision(llm, run_dir, **select) -> tuple[RevisionExplainer, UnitProbe]:
     return explainer, probe
 
 
+@pytest.mark.slow
 def test_revision_runs_proposals_through_the_subject_and_keeps_the_lineage(recorded):
     run_dir, records = recorded
     llm = FakeLLM("fake:m", answers=answers, capabilities=Capabilities(json_object=True))
@@ -150,6 +151,7 @@ def test_revision_runs_proposals_through_the_subject_and_keeps_the_lineage(recor
     assert e.usage.prompt_tokens > 0 and e.selection_usage is not None
 
 
+@pytest.mark.slow
 def test_a_model_that_ignores_the_format_is_asked_one_side_at_a_time(recorded):
     run_dir, records = recorded
 

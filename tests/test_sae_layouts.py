@@ -688,6 +688,7 @@ def check_records(files: list[Path], latents: list[np.ndarray], n: int) -> None:
         np.testing.assert_allclose(top.activations, latents[best][:, r.index], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_record_cli_from_a_saelens_folder_alone(tmp_path, llama_dir):
     from transformers import AutoModelForCausalLM
 
@@ -748,6 +749,7 @@ def test_record_cli_from_a_saelens_folder_alone(tmp_path, llama_dir):
     assert check["fvu"] == pytest.approx(fvu(x_all, recon), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_record_sparsify_transcoder_records_both_sides(tmp_path, llama_dir):
     from transformers import AutoModelForCausalLM
 
@@ -817,6 +819,7 @@ def write_gemma_mlp(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return folder, {k: npy(v) for k, v in t.items()}
 
 
+@pytest.mark.slow
 def test_record_gemmascope_npz(tmp_path, llama_dir):
     from transformers import AutoModelForCausalLM
 
@@ -901,6 +904,7 @@ def test_record_cli_conflicts_are_errors(tmp_path, llama_dir):
         assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_record_cli_single_file_with_sae_k_still_works(tmp_path, llama_dir):
     g = torch.Generator().manual_seed(0)
     save_file(

@@ -90,6 +90,7 @@ def assert_clean_error(r, status: int, *words: str) -> None:
 # ------------------------------------------------------------------ jobs
 
 
+@pytest.mark.slow
 def test_a_job_through_the_service_writes_what_neuroscribe_run_writes(svc, root, tmp_path):
     job = wait(svc, start(svc)["id"])
     assert job["state"] == "done" and job["error"] is None
@@ -129,6 +130,7 @@ def test_live_events_tell_state_stages_and_progress(svc):
     assert min(e["seq"] for e in later if "seq" in e) == 3
 
 
+@pytest.mark.slow
 def test_list_jobs_pages_and_filters(svc):
     ids = [start(svc, "a")["id"]]
     wait(svc, ids[0])
@@ -148,6 +150,7 @@ def test_list_jobs_pages_and_filters(svc):
     assert svc.get("/v1/jobs", params={"state": "done"}).json()["total"] == 3
 
 
+@pytest.mark.slow
 def test_cancel_then_resume_finishes_without_duplicates(svc, root):
     make_run(root / "slow", 10)
     cfg = config(explain={"model": "svcfake:d0.05"}, jobs={"concurrency": 1})
@@ -171,6 +174,7 @@ def test_cancel_then_resume_finishes_without_duplicates(svc, root):
     assert_clean_error(svc.post(f"/v1/jobs/{job['id']}/cancel"), 409, "already done")
 
 
+@pytest.mark.slow
 def test_a_second_job_on_a_busy_run_is_refused_and_other_runs_go_on(svc, root):
     make_run(root / "slow", 6)
     cfg = config(explain={"model": "svcfake:d0.05"}, jobs={"concurrency": 1})
@@ -603,6 +607,7 @@ def test_fuzz_random_and_hostile_requests_never_give_a_500(svc, root):
     assert n > 500
 
 
+@pytest.mark.slow
 def test_jobs_beyond_max_jobs_wait_queued_and_can_be_cancelled_there(root):
     for name in ("s1", "s2"):
         make_run(root / name, 6)

@@ -207,6 +207,7 @@ def test_leaking_split_settings_are_refused_before_anything_is_sent(tmp_path):
 # ------------------------------------------------------------------ dry-run parity
 
 
+@pytest.mark.slow
 def test_dry_run_request_count_equals_what_the_real_run_sends(tmp_path):
     """A partly done run with failures and a changed configuration: plan + estimate
     must count exactly the requests the real run then makes."""

@@ -151,6 +151,7 @@ def test_truncation_keeps_the_first_tokens_and_their_values(mlp_run, store):
     assert _max_diff(cut.activations, full.activations[:5]) < TOL
 
 
+@pytest.mark.slow
 def test_api_models_empty_texts_and_non_finite_activations_are_errors(mlp_run, store, tmp_path):
     _, records = mlp_run
     api = NeuronRecord(unit_id="gpt-4o-mini/1/3", model="gpt-4o-mini", layer=1, index=3)

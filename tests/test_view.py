@@ -153,6 +153,7 @@ def test_every_scorer_is_in_the_unit_detail(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_served_unit_detail_has_every_scorer(tmp_path):
     run_dir = make_run(tmp_path / "run", SCORES)
     add_scorer(run_dir, "detection", detection_metrics, primary_metric="balanced_accuracy")
