@@ -128,6 +128,7 @@ def training_rules(
             out[rule.explanation] = rule
         if len(kept) > 1:
             groups.append([r.explanation for r in kept])
+    n_dev_groups = len(groups)
 
     counts = Counter(R.word(t) for w in windows for t in w if R.is_word(t))
     frequent = [
@@ -166,12 +167,18 @@ def training_rules(
              ">": "greater-than signs", "@": "at signs"}  # fmt: skip
     for ch, name in names.items():
         out[name] = R.Rule(name, R.by_token(lambda t, c=ch: c in t and not R.is_word(t)))
-    if recipe in ("v2", "v3", "v4"):
+    if recipe in ("v2", "v3", "v4", "v5"):
         _more_families(out, groups, frequent, windows)
-    if recipe in ("v3", "v4"):
+    if recipe in ("v3", "v4", "v5"):
         _graded_families(out, groups, frequent)
-    if recipe == "v4":
+    if recipe in ("v4", "v5"):
         _concept_families(out, groups, counts)
+    if recipe == "v5":
+        _delimited_families(out, groups)
+        _member_contrasts(out, groups, windows)
+        # The dev units' own groups twice: every later stage so far lost dev units
+        # (list position, nesting depth) to the new rules.
+        groups.extend(groups[:n_dev_groups])
     rules = {text: r for text, r in out.items() if allowed(text)}
     groups = [[t for t in g if t in rules] for g in groups]
     return list(rules.values()), [g for g in groups if len(g) > 1]
@@ -318,6 +325,82 @@ def _concept_families(out: dict, groups: list[list[str]], counts: Counter) -> No
         groups.append([a, b])
 
 
+# Recipe v5: delimiters of the corpus other than the test half's (brackets, parentheses),
+# as (the text between them, the marks, opening, closing, the word before the opening one).
+DELIMITERS = (
+    ("text inside curly braces { }", "curly braces { and }", "{", "}",
+     "the word right before an opening curly brace"),
+    ("text inside double quotes", "double quote marks", '"', '"', None),
+)  # fmt: skip
+# (Asterisks and vertical bars were tried: in reST they also underline headings and draw
+# tables, so "the text between them" labels noise.)
+
+
+def _between(open_: str, close: str):
+    """Content tokens inside a pair of marks (a mark that both opens and closes toggles)."""
+    from neuroscribe.groundtruth import rules as R
+
+    if open_ != close:
+        return R.depth_rule(open_, close)
+
+    def fn(tokens):
+        out, inside = [], False
+        for t in tokens:
+            marks = t.count(open_)
+            content = bool(t.strip()) and not marks
+            out.append(R.HIGH if inside and content else 0.0)
+            if marks % 2:
+                inside = not inside
+        return out
+
+    return fn
+
+
+def _delimited_families(out: dict, groups: list[list[str]]) -> None:
+    """Recipe v5: text between marks, against the marks themselves, the word right before
+    the opening mark, and the text between the other marks (the same windows), so the
+    kind of mark an explanation names decides the prediction."""
+    from neuroscribe.groundtruth import rules as R
+
+    inside_all = []
+    for inside, marks, open_, close, before in DELIMITERS:
+        out[inside] = R.Rule(inside, _between(open_, close))
+        is_mark = R.by_token(lambda t, a=open_, b=close: a in t or b in t)
+        out.setdefault(marks, R.Rule(marks, is_mark))
+        group = [inside, marks]
+        if before is not None:
+            out[before] = R.Rule(before, R.before(lambda t, a=open_: a in t))
+            group.append(before)
+        groups.append(group)
+        inside_all.append(inside)
+    groups.append(inside_all)
+
+
+def _member_contrasts(out: dict, groups: list[list[str]], windows) -> None:
+    """Recipe v5: every class or context rule against its own two most frequent words
+    (over-specific, as the suite's false explanations are), contrasted on the same
+    windows: a general explanation must beat a list of its commonest members."""
+    from neuroscribe.groundtruth import rules as R
+
+    for text, rule in list(out.items()):
+        if text.startswith(("the word ", "the words ")) and "right" not in text:
+            continue
+        if not allowed(text):
+            continue
+        freq = Counter()
+        for w in windows[::3]:
+            for t, a in zip(w, rule(w), strict=True):
+                # Whole words only: a piece such as "ary" is not a word to cite.
+                if a > 0 and t.startswith(" ") and R.is_word(t) and len(R.word(t)) > 1:
+                    freq[R.word(t)] += 1
+        top = [w for w, _ in freq.most_common(2) if w not in BANNED_WORDS]
+        if len(top) < 2 or sum(freq.values()) < 20:
+            continue
+        member = f"the words {top[0]} and {top[1]}"
+        out.setdefault(member, R.Rule(member, R.words(*top)))
+        groups.append([text, member])
+
+
 def _stronger_on_repeat(w: str):
     from neuroscribe.groundtruth import rules as R
 
@@ -435,11 +518,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--recipe",
-        choices=("v1", "v2", "v3", "v4"),
+        choices=("v1", "v2", "v3", "v4", "v5"),
         default="v2",
         help="training rules: v1 (the first bundled adapter's), v2 (more rule shapes), v3 (v2 "
         "and graded shapes; the bundled adapter's last stage) or v4 (v3 and word concepts "
-        "with their hard false explanations)",
+        "with their hard false explanations) or v5 (v4, text between other delimiters, and every "
+        "class or context rule against its two most frequent words)",
     )
     ap.add_argument(
         "--prompt",
