@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from neuroscribe.api import Hooks
@@ -59,7 +60,8 @@ def _usd(value: float | None) -> str:
 def print_stage(console: Console, summary: JobSummary) -> None:
     """A finished stage: its warnings, the strategy it used, its one-line summary."""
     for w in summary.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        # A warning can name a run directory: its text is not markup.
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if "strategy" in summary.details:
         scale = summary.details.get("scale_max", 10)
         console.print(f"simulator strategy: {summary.details['strategy']} (values 0–{scale})")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from neuroscribe import api
@@ -480,7 +481,9 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
     models = {s.unit_id.rsplit("/", 2)[0] for s in scores}
     # One subject model: name it in the title and show units as layer/index.
     strip = len(models) == 1 and all(s.unit_id.count("/") >= 2 for s in scores)
-    title = f"Explanation scores · {run}" + (f" · {next(iter(models))}" if strip else "")
+    # Paths, ids and explanations are untrusted text, not rich markup: "[/x]" in an
+    # explanation would otherwise end the run with a MarkupError after the work is done.
+    title = escape(f"Explanation scores · {run}" + (f" · {next(iter(models))}" if strip else ""))
     table = Table(title=title)
     table.add_column("layer/index" if strip else "unit", no_wrap=True)
     table.add_column("explanation", ratio=1)
@@ -495,7 +498,7 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
         # show why next to the number.
         flags = [f for f in s.flags if f in _HEADLINE_FLAGS]
         shown = f"{s.score:+.3f}" + (f" ({', '.join(flags)})" if flags else "")
-        table.add_row(unit, text, s.scorer, shown, ci)
+        table.add_row(escape(unit), escape(text), escape(s.scorer), escape(shown), escape(ci))
     console.print(table)
     # One mean per scorer and metric: averaging an AUC with a correlation means nothing.
     by_scorer: dict[tuple[str, str], list[float]] = {}
@@ -506,7 +509,7 @@ def _print_results(run: Path, sim_hash: str | None = None) -> None:
         prefix = "" if len(by_scorer) == 1 else f"{scorer}: "
         finite = [v for v in values if math.isfinite(v)]
         mean = f"{sum(finite) / len(finite):+.3f}" if finite else "–"
-        console.print(f"{prefix}{len(values)} explanations, mean {name} {mean}")
+        console.print(f"{prefix}{len(values)} explanations, mean {name} {mean}", markup=False)
     failures = loaded.open_failures()
     if failures:
         console.print(

@@ -138,13 +138,14 @@ def record(
         ray_workers=ray_workers,
     )
     if summary.skipped:
-        console.print(f"{out}: already recorded with these options", highlight=False)
+        console.print(f"{out}: already recorded with these options", highlight=False, markup=False)
         return
     rate = summary.n_tokens / max(summary.stream_seconds, 1e-9)
     console.print(
         f"wrote {summary.n_units} units from {summary.n_tokens:,} tokens "
         f"({rate:,.0f} tokens/s) to {', '.join(str(f) for f in summary.files)}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -158,7 +159,11 @@ def import_openai_cmd(
     from neuroscribe.datasets.openai_format import import_openai
 
     files = import_openai(src, out, model=model)
-    console.print(f"imported into {len(files)} record file(s) under {out}/records", highlight=False)
+    console.print(
+        f"imported into {len(files)} record file(s) under {out}/records",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command("export-openai")
@@ -172,4 +177,4 @@ def export_openai_cmd(
     from neuroscribe.datasets.openai_format import export_openai
 
     files = export_openai(run, out)
-    console.print(f"wrote {len(files)} neuron file(s) under {out}", highlight=False)
+    console.print(f"wrote {len(files)} neuron file(s) under {out}", highlight=False, markup=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -69,7 +70,8 @@ def compare_cmd(
     if c.mismatches:
         console.print(
             Panel(
-                "\n".join(c.mismatches) + "\nScores of these runs are NOT directly comparable.",
+                escape("\n".join(c.mismatches))
+                + "\nScores of these runs are NOT directly comparable.",
                 title="WARNING",
                 style="bold red",
             )
@@ -92,18 +94,19 @@ def compare_cmd(
     table = Table(title=f"Explanation scores ({c.scorer} {c.metric})")
     table.add_column("run")
     for col in fs.columns:
-        table.add_column(str(col), justify="right")
+        table.add_column(escape(str(col)), justify="right")
     for idx, row in fs.iterrows():
-        table.add_row(str(idx), *map(str, row.tolist()))
+        # Run names are directory names: text, not rich markup.
+        table.add_row(escape(str(idx)), *(escape(str(v)) for v in row.tolist()))
     console.print(table)
     layers = Table(title=f"Mean {c.metric} by layer")
     layers.add_column("layer")
     for col in c.by_layer.columns:
-        layers.add_column(str(col), justify="right")
+        layers.add_column(escape(str(col)), justify="right")
     for idx in c.by_layer.index:
         units = str(c.by_layer.loc[idx, "units"])
         means = [compare._fmt(float(c.by_layer.loc[idx, r])) for r in c.runs]
-        layers.add_row(str(idx), units, *means)
+        layers.add_row(escape(str(idx)), units, *means)
     console.print(layers)
     # Each file is written under a temporary name and renamed into place, so a failure
     # never leaves half a report or destroys the previous one.
