@@ -25,7 +25,7 @@ def print_estimates(console: Console, estimates: Sequence[StageEstimate]) -> Non
     for e in estimates:
         table.add_row(
             e.stage,
-            e.model,
+            escape(e.model),  # a model spec can be a local path: text, not markup
             str(e.units),
             str(e.requests),
             f"{e.prompt_tokens:,}",
