@@ -542,6 +542,13 @@ def main() -> None:
         default=None,
         help="continue from this adapter file (with --lora of its rank), e.g. on new windows",
     )
+    ap.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=0.0,
+        help="also save the adapter every N minutes (OUT/ckpt-MM.safetensors), so a stage can "
+        "be stopped early: chosen on the dev half's held-out units, not on its last step",
+    )
     args = ap.parse_args()
 
     import torch
@@ -592,6 +599,7 @@ def main() -> None:
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     start = time.perf_counter()
     step, seen, losses = 0, 0, []
+    next_ckpt = args.checkpoint_minutes * 60 if args.checkpoint_minutes > 0 else float("inf")
     while time.perf_counter() - start < args.minutes * 60 and seen < len(data):
         batch = [encode(*ex) for ex in data[seen : seen + args.batch]]
         seen += len(batch)
@@ -620,6 +628,16 @@ def main() -> None:
             recent = sum(losses[-20:]) / 20
             el = time.perf_counter() - start
             print(f"step {step} examples {seen} loss {recent:.3f} {el:.0f} s", flush=True)
+        if adapters is not None and time.perf_counter() - start >= next_ckpt:
+            from neuroscribe.llm import lora
+
+            mark = round(next_ckpt / 60)
+            meta = {"rank": str(args.lora), "prompt": args.prompt, "base": "SmolLM2-135M",
+                    "examples": str(seen)}  # fmt: skip
+            args.out.mkdir(parents=True, exist_ok=True)
+            lora.save(adapters, args.out / f"ckpt-{mark:02d}.safetensors", meta)
+            print(f"checkpoint {mark} min: {seen} examples", flush=True)
+            next_ckpt += args.checkpoint_minutes * 60
     model.eval()
     out = args.out / "model"
     out.mkdir(parents=True, exist_ok=True)
