@@ -23,6 +23,8 @@ Features (`-gen` subtracts the same feature computed for the generic explanation
 - `cos-l<L>-<mean|max>[-c][-gen]`: cosine of each token's hidden state at layer L to the
   explanation's (mean state, or max over its tokens); `-c` centres both on the mean token
   state of the unit's excerpts (hidden states share a large common direction).
+- `tuned`: the default simulator's prediction (`hf:embedded?adapter=simulator`, expected
+  value under its inline prompt), to combine with the plain model's readouts.
 - `mini-max[-gen]`: the same with all-MiniLM-L6-v2 input-layer states (lexical similarity).
 - `copy`, `copyptr`: log P of quoting each excerpt token after a chat prompt asking for a
   token of the text that matches the description (`copyptr`: renormalised over the
@@ -72,6 +74,7 @@ class Features:
         self._smol = None
         self._mini = None
         self._states: dict[tuple[str, str], list[np.ndarray]] = {}
+        self._tuned_sim = None
         self.tokens_used = 0
 
     # -- models ----------------------------------------------------------------------
@@ -119,6 +122,8 @@ class Features:
             value = self._copy(name, unit, explanation)
         elif name == "mini-max":
             value = self._mini_max(unit, explanation)
+        elif name == "tuned":
+            value = self._tuned(unit, explanation)
         else:
             raise SystemExit(f"unknown feature {name!r}")
         self.cache[key] = value
@@ -281,6 +286,17 @@ class Features:
         "Here is a list of {e}:\n1.",
         "{e}, for example",
     )
+
+    def _tuned(self, unit: GroundTruthUnit, explanation: str) -> Feature:
+        """The default simulator's own prediction (the bundled adapter, its inline prompt):
+        so a readout of the plain model can be weighed against it, not only alone."""
+        if self._tuned_sim is None:
+            from neuroscribe.simulator.exact import ExactSimulator
+
+            self._tuned_sim = ExactSimulator("hf:embedded?adapter=simulator")
+        sims = self._tuned_sim.simulate_sync(explanation, [e.tokens for e in unit.score_excerpts])
+        self.tokens_used += sum(s.usage.prompt_tokens for s in sims)
+        return [np.array([float(x or 0.0) for x in s.expected]) for s in sims]
 
     def _prime(self, unit: GroundTruthUnit, explanation: str) -> Feature:
         """Mean over a few templates of log P(token's first id | "Examples of E: ...").
