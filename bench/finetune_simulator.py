@@ -544,8 +544,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--checkpoint-minutes",
-        type=float,
-        default=0.0,
+        type=int,
+        default=0,
         help="also save the adapter every N minutes (OUT/ckpt-MM.safetensors), so a stage can "
         "be stopped early: chosen on the dev half's held-out units, not on its last step",
     )
@@ -600,6 +600,7 @@ def main() -> None:
     start = time.perf_counter()
     step, seen, losses = 0, 0, []
     next_ckpt = args.checkpoint_minutes * 60 if args.checkpoint_minutes > 0 else float("inf")
+    meta = {"rank": str(args.lora), "prompt": args.prompt, "base": "SmolLM2-135M"}
     while time.perf_counter() - start < args.minutes * 60 and seen < len(data):
         batch = [encode(*ex) for ex in data[seen : seen + args.batch]]
         seen += len(batch)
@@ -629,22 +630,15 @@ def main() -> None:
             el = time.perf_counter() - start
             print(f"step {step} examples {seen} loss {recent:.3f} {el:.0f} s", flush=True)
         if adapters is not None and time.perf_counter() - start >= next_ckpt:
-            from neuroscribe.llm import lora
-
-            mark = round(next_ckpt / 60)
-            meta = {"rank": str(args.lora), "prompt": args.prompt, "base": "SmolLM2-135M",
-                    "examples": str(seen)}  # fmt: skip
-            args.out.mkdir(parents=True, exist_ok=True)
-            lora.save(adapters, args.out / f"ckpt-{mark:02d}.safetensors", meta)
+            mark = next_ckpt // 60
+            lora.save(adapters, args.out / f"ckpt-{mark:02d}.safetensors",
+                      {**meta, "examples": str(seen)})  # fmt: skip
             print(f"checkpoint {mark} min: {seen} examples", flush=True)
             next_ckpt += args.checkpoint_minutes * 60
     model.eval()
     out = args.out / "model"
     out.mkdir(parents=True, exist_ok=True)
     if adapters is not None:
-        from neuroscribe.llm import lora
-
-        meta = {"rank": str(args.lora), "prompt": args.prompt, "base": "SmolLM2-135M"}
         lora.save(adapters, args.out / "adapter.safetensors", meta)
         # A merged copy too, so the check can load it as a plain hf:<folder> model.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
