@@ -296,7 +296,10 @@ class Features:
             self._tuned_sim = ExactSimulator("hf:embedded?adapter=simulator")
         sims = self._tuned_sim.simulate_sync(explanation, [e.tokens for e in unit.score_excerpts])
         self.tokens_used += sum(s.usage.prompt_tokens for s in sims)
-        return [np.array([float(x or 0.0) for x in s.expected]) for s in sims]
+        if any(x is None for s in sims for x in s.expected):
+            # Never a silent 0: a missing value would score as a confident "no".
+            raise SystemExit(f"the tuned simulator left tokens without a value on {unit.id}")
+        return [np.array(s.expected, dtype=float) for s in sims]
 
     def _prime(self, unit: GroundTruthUnit, explanation: str) -> Feature:
         """Mean over a few templates of log P(token's first id | "Examples of E: ...").
