@@ -25,7 +25,12 @@ def _set_first_text(path: Path, text: str) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_results_table_prints_markup_like_explanations_and_paths_as_text(tmp_path, capsys):
+def test_results_table_prints_markup_like_explanations_and_paths_as_text(
+    tmp_path, capsys, monkeypatch
+):
+    # Wide, as `run_cli` runs commands: a narrow terminal would shorten the table's cells
+    # with an ellipsis, and this test is about markup, not width.
+    monkeypatch.setenv("COLUMNS", "400")
     run = make_run(tmp_path / "run[bold]x[/y]", {"tiny/gpt/0/1": [0.5], "tiny/gpt/0/2": [0.1]})
     for name in ("explanations.jsonl", "scores.jsonl"):  # a score carries its text too
         _set_first_text(run / name, f"words {MARKUP}")

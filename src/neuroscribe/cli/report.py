@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.panel import Panel
 from rich.table import Table
 
 from neuroscribe.cli.app import app, make_console
@@ -15,6 +14,14 @@ from neuroscribe.errors import ConfigError
 from neuroscribe.jsonl import write_text_atomic
 
 console = make_console()
+
+
+def _print_warning(title: str, lines: list[str]) -> None:
+    # Plain lines, not a panel: the CLI console never wraps (paths stay whole), so a panel
+    # would cut long lines at the terminal's width and hide what differs. Run paths and
+    # simulator names are text, not markup.
+    for line in (title, *lines):
+        console.print(line, style="bold red", markup=False)
 
 
 @app.command("compare")
@@ -68,24 +75,18 @@ def compare_cmd(
             + " (pass --allow-mismatch to compare anyway)"
         )
     if c.mismatches:
-        console.print(
-            Panel(
-                escape("\n".join(c.mismatches))
-                + "\nScores of these runs are NOT directly comparable.",
-                title="WARNING",
-                style="bold red",
-            )
+        _print_warning(
+            "WARNING: runs that differ",
+            [*c.mismatches, "Scores of these runs are NOT directly comparable."],
         )
     if c.check_warnings:
-        # Plain lines, not a panel: a panel cuts long lines at the terminal's width.
-        console.print("WARNING: untrustworthy simulator", style="bold red", markup=False)
-        for w in c.check_warnings:
-            console.print(w, style="bold red", markup=False)
-        console.print(
-            "Differences between these scores are noise: the simulator cannot tell true "
-            "explanations from false ones on the ground-truth suite.",
-            style="bold red",
-            markup=False,
+        _print_warning(
+            "WARNING: untrustworthy simulator",
+            [
+                *c.check_warnings,
+                "Differences between these scores are noise: the simulator cannot tell true "
+                "explanations from false ones on the ground-truth suite.",
+            ],
         )
     for line in compare._header_lines(c):
         if not line.startswith(("MISMATCH", "SIMULATOR CHECK FAILED")):
