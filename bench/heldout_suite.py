@@ -23,6 +23,12 @@ import re
 import sys
 from pathlib import Path
 
+# Appended, not prepended: the sibling training script is importable, and bench/'s other
+# scripts (record.py, models.py, ...) never shadow an installed module of the same name.
+sys.path.append(str(Path(__file__).parent))
+
+from finetune_simulator import _after_to_eol, allowed, training_rules
+
 from neuroscribe.groundtruth import rules as R
 from neuroscribe.groundtruth.rules import (
     HIGH,
@@ -197,17 +203,6 @@ def hyphenated(tokens):
 
 def _letterless(t: str) -> bool:
     return not any(c.isalpha() for c in t)
-
-
-def _after_colon(tokens):
-    out, on = [], False
-    for t in tokens:
-        if "\n" in t:
-            on = False
-        out.append(HIGH if on and t.strip() and ":" not in t else 0.0)
-        if ":" in t:
-            on = True
-    return out
 
 
 UNITS = (
@@ -387,7 +382,7 @@ UNITS = (
         ("the condition of an if statement, between if and its colon", if_condition),
         (OVER_SPECIFIC, "the word if", words("if")),
         (NEIGHBOUR, "the word right after else", after(lambda t: word(t) == "else")),
-        (WRONG_CONTEXT, "words after a colon up to the end of the line", _after_colon),
+        (WRONG_CONTEXT, "words after a colon up to the end of the line", _after_to_eol(":")),
     ),
     _u(
         "v-after-ordinal",
@@ -458,7 +453,7 @@ UNITS = (
             lambda ts: [max(0.0, HIGH + 2.0 - v) if v else 0.0 for v in condition_ramp(ts)],
         ),
         (OVER_SPECIFIC, "the word right after if", after(lambda t: word(t) == "if")),
-        (WRONG_CONTEXT, "words after a colon up to the end of the line", _after_colon),
+        (WRONG_CONTEXT, "words after a colon up to the end of the line", _after_to_eol(":")),
     ),
     _u(
         "v-after-to",
@@ -544,8 +539,6 @@ UNITS = (
 
 def _training_texts(windows) -> set[str]:
     """Every rule text any training recipe (v1–v5) draws with the seeds used so far."""
-    from finetune_simulator import training_rules
-
     texts: set[str] = set()
     for recipe in ("v1", "v2", "v3", "v4", "v5"):
         for seed in range(7):
@@ -559,7 +552,6 @@ def _normal(text: str) -> str:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))  # finetune_simulator, a sibling script
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/data/heldout-val.jsonl"))
     args = ap.parse_args()
@@ -567,7 +559,6 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from finetune_simulator import allowed
     from transformers import AutoTokenizer
 
     from neuroscribe.datasets.corpus import open_corpus
