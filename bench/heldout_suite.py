@@ -19,6 +19,7 @@ both conditions before writing, so a later edit that breaks them fails here.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -131,27 +132,16 @@ def line_ramp(right: bool):
     return fn
 
 
-def weaker_on_repeat(ws: tuple[str, ...]):
+def on_repeat(ws: tuple[str, ...], *, stronger: bool):
+    """Each occurrence of the words graded by how many came before it in the excerpt:
+    4 more per repeat (stronger, up to 10) or 4 less (weaker, from 10 down to 2)."""
+
     def fn(tokens):
         out, seen = [], 0
         for t in tokens:
             if is_word(t) and word(t) in ws:
                 seen += 1
-                out.append(max(2.0, HIGH - 4.0 * (seen - 1)))
-            else:
-                out.append(0.0)
-        return out
-
-    return fn
-
-
-def stronger_on_repeat(ws: tuple[str, ...]):
-    def fn(tokens):
-        out, seen = [], 0
-        for t in tokens:
-            if is_word(t) and word(t) in ws:
-                seen += 1
-                out.append(min(HIGH, 4.0 * seen))
+                out.append(min(HIGH, 4.0 * seen) if stronger else max(2.0, HIGH - 4.0 * (seen - 1)))
             else:
                 out.append(0.0)
         return out
@@ -331,7 +321,7 @@ UNITS = (
         "dense",
         (
             "tokens with no letters at all: spaces, symbols and marks",
-            by_token(lambda t: _letterless(t)),
+            by_token(_letterless),
         ),
         (OVER_SPECIFIC, "equals signs and colons", by_token(lambda t: "=" in t or ":" in t)),
         (NEIGHBOUR, "all words alike", by_token(is_word)),
@@ -423,11 +413,14 @@ UNITS = (
     _u(
         "v-object-weaker",
         "graded",
-        ("the word object, weaker each time it comes again", weaker_on_repeat(("object",))),
+        (
+            "the word object, weaker each time it comes again",
+            on_repeat(("object",), stronger=False),
+        ),
         (
             NEIGHBOUR,
             "the word object, stronger each time it comes again",
-            stronger_on_repeat(("object",)),
+            on_repeat(("object",), stronger=True),
         ),
         (OVER_GENERAL, "words about objects and instances", words(*OBJECT_WORDS)),
         (WRONG_CONTEXT, "the word right after object", after(lambda t: word(t) == "object")),
@@ -555,8 +548,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/data/heldout-val.jsonl"))
     args = ap.parse_args()
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from transformers import AutoTokenizer
@@ -571,13 +562,13 @@ def main() -> None:
         open_corpus("builtin").texts(), tok, window=20, max_windows=20000
     )
     trained = {_normal(t) for t in _training_texts(all_windows)}
-    builtin = {_normal(s.true.explanation) for s in R.unit_specs()}
+    known = trained | {_normal(s.true.explanation) for s in R.unit_specs()}
     for spec in UNITS:
         texts = [spec.true.explanation, *(r.explanation for _, r in spec.false)]
         named = [t for t in texts if not allowed(t)]
         if named:
             raise SystemExit(f"{spec.id}: names a test-half concept: {named}")
-        if _normal(spec.true.explanation) in trained | builtin:
+        if _normal(spec.true.explanation) in known:
             raise SystemExit(f"{spec.id}: its true explanation is a training or suite rule")
 
     options = BuildOptions()
